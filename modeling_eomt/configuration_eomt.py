@@ -1,0 +1,202 @@
+"""Configuration of the Encoder-only Mask Transformer (EoMT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+# DINOv2 shapes of the standard ViT sizes: (hidden_size, num_hidden_layers, num_attention_heads, ffn_type).
+SIZE_PRESETS: dict[str, tuple[int, int, int, str]] = {
+    "S": (384, 12, 6, "mlp"),
+    "B": (768, 12, 12, "mlp"),
+    "L": (1024, 24, 16, "mlp"),
+    "g": (1536, 40, 24, "swiglu"),
+}
+
+FFN_TYPES = ("mlp", "swiglu")
+POSITION_EMBEDDING_TYPES = ("absolute", "rope")
+
+
+def swiglu_hidden_size(hidden_size: int, mlp_ratio: float) -> int:
+    """DINOv2's SwiGLU width: two thirds of `hidden_size * mlp_ratio`, rounded up to a multiple of 8."""
+    return (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+
+
+class EoMTConfig(PretrainedConfig):
+    r"""
+    Configuration of [`EoMTModel`] and [`EoMTForUniversalSegmentation`].
+
+    Backbone (a plain ViT, DINOv2 or DINOv3 flavour):
+        hidden_size (`int`, defaults to 1024): width of every token.
+        num_hidden_layers (`int`, defaults to 24): number of transformer blocks.
+        num_attention_heads (`int`, defaults to 16): heads per attention layer; must divide `hidden_size`.
+        mlp_ratio (`float`, defaults to 4.0): FFN width as a multiple of `hidden_size` (used when
+            `intermediate_size` is None).
+        intermediate_size (`int`, *optional*): explicit FFN width (per branch for SwiGLU). Defaults to
+            `hidden_size * mlp_ratio` (MLP) or DINOv2's rounded two thirds of it (SwiGLU).
+        ffn_type (`str`, defaults to `"mlp"`): `"mlp"` (fc1 -> act -> fc2) or `"swiglu"` (fused gate/up
+            projection, SiLU gate, as in DINOv2 ViT-g).
+        hidden_act (`str`, defaults to `"gelu"`): activation of the MLP, the mask head and the upscale blocks.
+        layer_norm_eps (`float`, defaults to 1e-6): epsilon of every LayerNorm.
+        layerscale_value (`float`, defaults to 1.0): initial value of the LayerScale factors.
+        qkv_bias (`bool`, defaults to True): bias on the fused query/key/value projection.
+        drop_path_rate (`float`, defaults to 0.0): stochastic-depth rate, increasing linearly to this value
+            over the blocks.
+        attention_dropout (`float`, defaults to 0.0): dropout on the attention probabilities.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on the embeddings.
+        image_size (`int`, defaults to 640): the training input size; absolute position embeddings are stored for
+            this grid and interpolated for other input sizes.
+        patch_size (`int`, defaults to 16): side of the square patches.
+        num_channels (`int`, defaults to 3): input channels.
+        num_register_tokens (`int`, defaults to 4): register tokens after the class token (0 for plain DINOv2).
+        position_embedding_type (`str`, defaults to `"absolute"`): `"absolute"` (DINOv2, learned, bicubic
+            interpolation) or `"rope"` (DINOv3 axial rotary embedding on the patch tokens).
+        rope_theta (`float`, defaults to 100.0): RoPE base period (DINOv3).
+        pos_embed_shift, pos_embed_jitter, pos_embed_rescale (`float`, *optional*): DINOv3's training-time RoPE
+            coordinate augmentation (uniform shift, log-uniform per-axis jitter, log-uniform rescale); unused in eval.
+
+    Segmentation:
+        num_queries (`int`, defaults to 200): learnable query tokens.
+        num_blocks (`int`, defaults to 4): the last blocks that process queries jointly with the patches and use
+            masked attention during training (L2 in the paper).
+        num_upscale_blocks (`int`, defaults to 2): 2x upscaling blocks applied to the patch grid before the mask
+            product (2 gives masks at 1/4 of the input for patch size 16).
+        num_labels (`int`): number of classes; the class head predicts `num_labels + 1` logits ("no object" last).
+
+    Loss coefficients (defaults of the paper's recipe, read by the training loss):
+        class_weight (2.0), mask_weight (5.0), dice_weight (5.0), no_object_weight (0.1),
+        train_num_points (12544), oversample_ratio (3.0), importance_sample_ratio (0.75).
+    """
+
+    model_type = "eomt_vit"
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        num_hidden_layers: int = 24,
+        num_attention_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        intermediate_size: int | None = None,
+        ffn_type: str = "mlp",
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-6,
+        layerscale_value: float = 1.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        attention_dropout: float = 0.0,
+        hidden_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        image_size: int = 640,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        num_register_tokens: int = 4,
+        position_embedding_type: str = "absolute",
+        rope_theta: float = 100.0,
+        pos_embed_shift: float | None = None,
+        pos_embed_jitter: float | None = None,
+        pos_embed_rescale: float | None = None,
+        num_queries: int = 200,
+        num_blocks: int = 4,
+        num_upscale_blocks: int = 2,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        train_num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        **kwargs: Any,
+    ) -> None:
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.mlp_ratio = mlp_ratio
+        self.ffn_type = ffn_type
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.layerscale_value = layerscale_value
+        self.qkv_bias = qkv_bias
+        self.drop_path_rate = drop_path_rate
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.initializer_range = initializer_range
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.num_register_tokens = num_register_tokens
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
+        self.pos_embed_shift = pos_embed_shift
+        self.pos_embed_jitter = pos_embed_jitter
+        self.pos_embed_rescale = pos_embed_rescale
+        self.num_queries = num_queries
+        self.num_blocks = num_blocks
+        self.num_upscale_blocks = num_upscale_blocks
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.no_object_weight = no_object_weight
+        self.train_num_points = train_num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        super().__init__(**kwargs)
+        self.validate_architecture()
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        """Width of the FFN hidden layer (per branch for SwiGLU)."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        if self.ffn_type == "swiglu":
+            return swiglu_hidden_size(self.hidden_size, self.mlp_ratio)
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid of an `image_size` input, the grid the absolute position embeddings are stored for."""
+        side = self.image_size // self.patch_size
+        return side, side
+
+    def validate_architecture(self) -> None:
+        """Raise a `ValueError` naming the field when the architecture fields are inconsistent."""
+        problems = []
+        if self.hidden_size % self.num_attention_heads != 0:
+            problems.append(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if not 1 <= self.num_blocks <= self.num_hidden_layers:
+            problems.append(
+                f"num_blocks={self.num_blocks} must be between 1 and num_hidden_layers={self.num_hidden_layers}"
+            )
+        if self.ffn_type not in FFN_TYPES:
+            problems.append(f"ffn_type={self.ffn_type!r} is not one of {FFN_TYPES}")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            problems.append(
+                f"position_embedding_type={self.position_embedding_type!r} is not one of {POSITION_EMBEDDING_TYPES}"
+            )
+        if self.position_embedding_type == "rope" and (self.hidden_size // max(self.num_attention_heads, 1)) % 4:
+            problems.append(f"RoPE needs a head dimension divisible by 4, got {self.hidden_size // self.num_attention_heads}")
+        if self.image_size % self.patch_size != 0:
+            problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        if self.num_queries < 1:
+            problems.append(f"num_queries={self.num_queries} must be at least 1")
+        if self.num_upscale_blocks < 0 or self.num_register_tokens < 0:
+            problems.append("num_upscale_blocks and num_register_tokens must be >= 0")
+        if problems:
+            raise ValueError("Invalid EoMTConfig: " + "; ".join(problems))
+
+    @classmethod
+    def from_size(cls, size: str, **kwargs: Any) -> "EoMTConfig":
+        """Config with the DINOv2 shapes of ViT size `size` (`"S"`, `"B"`, `"L"` or `"g"`); kwargs override."""
+        key = {"small": "S", "base": "B", "large": "L", "giant": "g"}.get(size.lower(), size)
+        key = key.upper() if key.upper() in ("S", "B", "L") else key
+        if key not in SIZE_PRESETS:
+            raise ValueError(f"Unknown size {size!r}: expected one of {sorted(SIZE_PRESETS)}")
+        hidden, layers, heads, ffn = SIZE_PRESETS[key]
+        defaults: dict[str, Any] = dict(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_type=ffn
+        )
+        defaults.update(kwargs)
+        return cls(**defaults)

@@ -1,0 +1,617 @@
+"""PyTorch EoMT: a plain ViT (DINOv2 / DINOv3) whose last blocks also process learnable queries that predict
+classes and masks ("Your ViT is Secretly an Image Segmentation Model", CVPR 2025).
+
+Token layout inside the last `num_blocks` blocks: `[queries (Q) | class (1) | registers (R) | patches (N)]`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_eomt import EoMTConfig
+
+# A callable given (index among the last `num_blocks` blocks, hidden states before that block) that returns the
+# query -> patch attention mask for the block, (batch, num_queries, num_patches) bool with True = may attend,
+# or None for unmasked attention.
+QueryMaskFn = Callable[[int, Tensor], "Tensor | None"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EoMTModelOutput(ModelOutput):
+    """
+    Output of [`EoMTModel`].
+
+    Args:
+        last_hidden_state (`(batch, Q + 1 + R + N, hidden)`): final tokens after the final LayerNorm.
+        query_tokens (`(batch, Q, hidden)`): the normalised query tokens.
+        patch_tokens (`(batch, N, hidden)`): the normalised patch tokens, row-major over the patch grid.
+        hidden_states (`tuple` of `(batch, tokens, hidden)`): embeddings output and every block's output (before
+            the final LayerNorm); the token count grows by Q where the queries join. Returned on request.
+        attentions (`tuple` of `(batch, heads, tokens, tokens)`): attention probabilities of every block. Returned
+            on request.
+    """
+
+    last_hidden_state: Tensor | None = None
+    query_tokens: Tensor | None = None
+    patch_tokens: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class EoMTForUniversalSegmentationOutput(ModelOutput):
+    """
+    Output of [`EoMTForUniversalSegmentation`]; pass it to the image processor's `post_process_*` methods.
+
+    Args:
+        loss (`()`): training loss; filled by the training code (`training.EoMTTrainer`), None here.
+        class_queries_logits (`(batch, Q, num_labels + 1)`): final class logits; the last class is "no object".
+        masks_queries_logits (`(batch, Q, H / 4, W / 4)`): final mask logits (for patch 16 and 2 upscale blocks).
+        intermediate_class_queries_logits (`tuple` of `(batch, Q, num_labels + 1)`): the predictions made before
+            each of the last `num_blocks` blocks (deep supervision and masked attention), first block first. Empty in
+            eval mode when every `attn_mask_probs` is 0.
+        intermediate_masks_queries_logits (`tuple` of `(batch, Q, H / 4, W / 4)`): the matching mask logits.
+        last_hidden_state, hidden_states, attentions: as in [`EoMTModelOutput`].
+        patch_offsets (`list[Tensor]`): passed through for sliding-window semantic segmentation.
+    """
+
+    loss: Tensor | None = None
+    class_queries_logits: Tensor | None = None
+    masks_queries_logits: Tensor | None = None
+    intermediate_class_queries_logits: tuple[Tensor, ...] | None = None
+    intermediate_masks_queries_logits: tuple[Tensor, ...] | None = None
+    last_hidden_state: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    patch_offsets: list[Tensor] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def interpolate_position_embeddings(position_embeddings: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Bicubically resample patch position embeddings `(1, old_h * old_w, C)` to `(1, new_h * new_w, C)` (in fp32)."""
+    if tuple(old_grid) == tuple(new_grid):
+        return position_embeddings
+    dim = position_embeddings.shape[-1]
+    grid = position_embeddings.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    return grid.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+
+
+class EoMTEmbeddings(nn.Module):
+    """Patch embedding + class and register tokens (+ absolute position embeddings for DINOv2)."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patch_size = config.patch_size
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        if config.num_register_tokens > 0:
+            self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
+        else:
+            self.register_tokens = None
+        if config.position_embedding_type == "absolute":
+            num_patches = config.grid_size[0] * config.grid_size[1]
+            # Patch positions only: the class and register tokens carry no position (DINOv2 with registers).
+            self.position_embeddings = nn.Parameter(torch.zeros(1, num_patches, config.hidden_size))
+        else:
+            self.position_embeddings = None
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.num_prefix_tokens = 1 + config.num_register_tokens
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        batch_size, _, height, width = pixel_values.shape
+        grid = (height // self.patch_size, width // self.patch_size)
+        dtype = self.patch_embeddings.weight.dtype
+        patches = self.patch_embeddings(pixel_values.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
+        if self.position_embeddings is not None:
+            patches = patches + interpolate_position_embeddings(self.position_embeddings, self.config.grid_size, grid)
+        prefix = [self.cls_token.expand(batch_size, -1, -1)]
+        if self.register_tokens is not None:
+            prefix.append(self.register_tokens.expand(batch_size, -1, -1))
+        embeddings = torch.cat([*prefix, patches], dim=1)  # (B, 1 + R + N, C)
+        return self.dropout(embeddings)
+
+
+class EoMTRopePositionEmbedding(nn.Module):
+    """DINOv3's axial rotary embedding: patch-centre coordinates in [-1, 1], a quarter of each head per axis."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.config = config
+        head_dim = config.hidden_size // config.num_attention_heads
+        inv_freq = 1.0 / config.rope_theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)  # (D / 4,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def patch_coordinates(self, grid: tuple[int, int], device: torch.device) -> Tensor:
+        """Centres of the patches as `(h * w, 2)` (y, x) in [-1, 1], augmented in training as configured."""
+        coords_h = torch.arange(0.5, grid[0], device=device, dtype=torch.float32) / grid[0]
+        coords_w = torch.arange(0.5, grid[1], device=device, dtype=torch.float32) / grid[1]
+        coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1).flatten(0, 1)
+        coords = 2.0 * coords - 1.0
+        if self.training:
+            config = self.config
+            if config.pos_embed_shift is not None:
+                coords = coords + torch.empty(1, 2, device=device).uniform_(-config.pos_embed_shift, config.pos_embed_shift)
+            if config.pos_embed_jitter is not None:
+                log_jitter = math.log(config.pos_embed_jitter)
+                coords = coords * torch.empty(1, 2, device=device).uniform_(-log_jitter, log_jitter).exp()
+            if config.pos_embed_rescale is not None:
+                log_rescale = math.log(config.pos_embed_rescale)
+                coords = coords * torch.empty(1, device=device).uniform_(-log_rescale, log_rescale).exp()
+        return coords
+
+    def forward(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        coords = self.patch_coordinates(grid, device)  # (N, 2)
+        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq[None, None, :]  # (N, 2, D / 4)
+        angles = angles.flatten(1, 2).tile(2)  # (N, D)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope_to_patches(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the last `N = cos.shape[0]` tokens of `x` `(B, heads, T, D)`; the query/prefix tokens stay as they are."""
+    num_patches = cos.shape[0]
+    prefix, patches = x.split((x.shape[-2] - num_patches, num_patches), dim=-2)
+    patches = patches * cos + rotate_half(patches) * sin
+    return torch.cat((prefix, patches), dim=-2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transformer block
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class EoMTAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, SDPA or eager, optionally masked for the query rows.
+
+    A key bias has no effect on attention (it adds the same `q . b_k` to every logit of a row), so one fused bias
+    serves DINOv2 (q, k, v biases) and DINOv3 (no key bias) alike.
+    """
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_dropout
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        query_mask: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """
+        Args:
+            hidden_states: `(B, T, C)`.
+            rope: `(cos, sin)`, each `(N, head_dim)`, applied to the last N tokens.
+            query_mask: `(B, Q, T)` bool, True = may attend, for the first Q rows (the queries); the other rows
+                attend everywhere.
+        """
+        batch_size, num_tokens, channels = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D)
+        if rope is not None:
+            query = apply_rope_to_patches(query, *rope)
+            key = apply_rope_to_patches(key, *rope)
+        dropout = self.dropout if self.training else 0.0
+
+        if output_attentions or self.config._attn_implementation == "eager":
+            context, weights = self._eager(query, key, value, query_mask, dropout)
+        else:
+            context, weights = self._sdpa(query, key, value, query_mask, dropout), None
+        context = context.transpose(1, 2).reshape(batch_size, num_tokens, channels)
+        return self.proj(context), (weights if output_attentions else None)
+
+    def _eager(self, query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, dropout: float) -> tuple[Tensor, Tensor]:
+        logits = (query * self.scale) @ key.transpose(-2, -1)  # (B, heads, T, T)
+        if query_mask is not None:
+            num_queries = query_mask.shape[1]
+            blocked = torch.zeros(logits.shape[0], 1, *logits.shape[-2:], dtype=torch.bool, device=logits.device)
+            blocked[:, 0, :num_queries] = ~query_mask
+            logits = logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
+        weights = logits.softmax(dim=-1)
+        return F.dropout(weights, p=dropout, training=self.training) @ value, weights
+
+    def _sdpa(self, query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, dropout: float) -> Tensor:
+        if query_mask is None:
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        # Only the Q query rows are masked: attend them with the mask and every other row on the mask-free path.
+        num_queries = query_mask.shape[1]
+        masked = F.scaled_dot_product_attention(
+            query[:, :, :num_queries], key, value, attn_mask=query_mask[:, None], dropout_p=dropout
+        )
+        free = F.scaled_dot_product_attention(query[:, :, num_queries:], key, value, dropout_p=dropout)
+        return torch.cat((masked, free), dim=2)
+
+
+class EoMTLayerScale(nn.Module):
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.lambda1 = nn.Parameter(torch.full((config.hidden_size,), float(config.layerscale_value)))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return hidden_states * self.lambda1
+
+
+class EoMTMLP(nn.Module):
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.ffn_hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.ffn_hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class EoMTSwiGLUFFN(nn.Module):
+    """SwiGLU with the gate and up projections fused in `fc1` (gate first), as DINOv2 ViT-g."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, 2 * config.ffn_hidden_size)
+        self.fc2 = nn.Linear(config.ffn_hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        gate, up = self.fc1(hidden_states).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+class EoMTDropPath(nn.Module):
+    """Stochastic depth: drops the residual branch per sample with probability `drop_prob` in training."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class EoMTLayer(GradientCheckpointingLayer):
+    """Pre-norm ViT block with LayerScale: x + ls1(attn(norm1(x))), then x + ls2(ffn(norm2(x)))."""
+
+    def __init__(self, config: EoMTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = EoMTAttention(config)
+        self.layer_scale1 = EoMTLayerScale(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = EoMTSwiGLUFFN(config) if config.ffn_type == "swiglu" else EoMTMLP(config)
+        self.layer_scale2 = EoMTLayerScale(config)
+        self.drop_path = EoMTDropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        query_mask: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attention(self.norm1(hidden_states), rope, query_mask, output_attentions)
+        hidden_states = hidden_states + self.drop_path(self.layer_scale1(attended))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
+        return hidden_states, weights
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class EoMTPreTrainedModel(PreTrainedModel):
+    config_class = EoMTConfig
+    config: EoMTConfig
+    base_model_prefix = "eomt"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EoMTLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, EoMTLayerScale):
+            init.constant_(module.lambda1, self.config.layerscale_value)
+        elif isinstance(module, EoMTEmbeddings):
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.register_tokens is not None:
+                init.trunc_normal_(module.register_tokens, mean=0.0, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+        elif isinstance(module, EoMTForUniversalSegmentation):
+            init.ones_(module.attn_mask_probs)
+
+
+def check_pixel_values(pixel_values: Tensor | None, config: EoMTConfig) -> None:
+    """Raise a `ValueError` that names the problem when `pixel_values` is not a `(B, C, H, W)` float batch."""
+    if pixel_values is None:
+        raise ValueError("pixel_values is required")
+    if not isinstance(pixel_values, Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have 4 dimensions (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+        )
+    if pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels (shape {tuple(pixel_values.shape)}), "
+            f"the model expects {config.num_channels}"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be a floating-point tensor (normalised image), got {pixel_values.dtype}")
+    height, width = pixel_values.shape[-2:]
+    if height % config.patch_size or width % config.patch_size or height == 0 or width == 0:
+        raise ValueError(
+            f"pixel_values height and width must be positive multiples of patch_size={config.patch_size}, "
+            f"got {height}x{width}; resize or pad the image (the image processor does this)"
+        )
+
+
+class EoMTModel(EoMTPreTrainedModel):
+    """The EoMT encoder: a plain ViT whose last `num_blocks` blocks also process `num_queries` query tokens.
+
+    Returns the normalised query and patch tokens; masked attention is driven by the caller through `query_mask_fn`.
+    """
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__(config)
+        self.embeddings = EoMTEmbeddings(config)
+        self.rope = EoMTRopePositionEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.query = nn.Embedding(config.num_queries, config.hidden_size)
+        drop_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList([EoMTLayer(config, drop_rates[i]) for i in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class + register tokens."""
+        return self.embeddings.num_prefix_tokens
+
+    @property
+    def first_query_block(self) -> int:
+        """Index of the first block that sees the queries (L1 in the paper)."""
+        return self.config.num_hidden_layers - self.config.num_blocks
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        query_mask_fn: QueryMaskFn | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EoMTModelOutput | tuple:
+        """
+        Args:
+            pixel_values: `(B, C, H, W)` normalised images, H and W multiples of `patch_size`.
+            query_mask_fn: called before each of the last `num_blocks` blocks with (block index among them, hidden
+                states); returns that block's `(B, Q, N)` query -> patch attention mask or None.
+        """
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        check_pixel_values(pixel_values, config)
+
+        grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
+        hidden_states = self.embeddings(pixel_values)  # (B, 1 + R + N, C)
+        rope = self.rope(grid, hidden_states.device, hidden_states.dtype) if self.rope is not None else None
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        num_queries, num_prefix = config.num_queries, self.num_prefix_tokens
+
+        for index, layer in enumerate(self.layers):
+            query_mask = None
+            if index == self.first_query_block:
+                queries = self.query.weight[None].expand(hidden_states.shape[0], -1, -1).to(hidden_states.dtype)
+                hidden_states = torch.cat((queries, hidden_states), dim=1)  # (B, Q + 1 + R + N, C)
+            if index >= self.first_query_block and query_mask_fn is not None:
+                patch_mask = query_mask_fn(index - self.first_query_block, hidden_states)
+                if patch_mask is not None:
+                    always = patch_mask.new_ones(patch_mask.shape[0], num_queries, num_queries + num_prefix)
+                    query_mask = torch.cat((always, patch_mask), dim=-1)  # (B, Q, T)
+            hidden_states, weights = layer(hidden_states, rope, query_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+
+        sequence_output = self.layernorm(hidden_states)
+        has_queries = config.num_blocks > 0
+        output = EoMTModelOutput(
+            last_hidden_state=sequence_output,
+            query_tokens=sequence_output[:, :num_queries] if has_queries else None,
+            patch_tokens=sequence_output[:, -grid[0] * grid[1] :],
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class EoMTLayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a `(B, C, H, W)` map."""
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        hidden_states = hidden_states.permute(0, 2, 3, 1)
+        hidden_states = F.layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
+        return hidden_states.permute(0, 3, 1, 2)
+
+
+class EoMTUpscaleBlock(nn.Module):
+    """2x upscaling: ConvTranspose2d(k2, s2) -> act -> depthwise Conv2d(k3, no bias) -> LayerNorm over channels."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.conv_transpose = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.activation = ACT2FN[config.hidden_act]
+        self.depthwise_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = EoMTLayerNorm2d(dim, eps=1e-6)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.norm(self.depthwise_conv(self.activation(self.conv_transpose(hidden_states))))
+
+
+class EoMTMaskHead(nn.Module):
+    """Three-layer MLP turning query tokens into mask embeddings."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.fc3 = nn.Linear(dim, dim)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, queries: Tensor) -> Tensor:
+        return self.fc3(self.activation(self.fc2(self.activation(self.fc1(queries)))))
+
+
+class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
+    """EoMT with its class head, mask head and upscale blocks: semantic, instance and panoptic segmentation.
+
+    `attn_mask_probs[i]` is the probability that a query uses masked attention in the i-th of the last `num_blocks`
+    blocks, drawn per image and per query; mask annealing lowers it from 1 to 0 during training. In eval mode, blocks
+    whose probability is 0 run without masks and their intermediate predictions are not computed.
+    """
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__(config)
+        self.eomt = EoMTModel(config)
+        self.upscale_blocks = nn.ModuleList([EoMTUpscaleBlock(config) for _ in range(config.num_upscale_blocks)])
+        self.mask_head = EoMTMaskHead(config)
+        self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
+        self.register_buffer("attn_mask_probs", torch.ones(config.num_blocks))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.eomt.get_input_embeddings()
+
+    def predict(self, normed_tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Mask logits `(B, Q, h * 2^u, w * 2^u)` and class logits `(B, Q, K + 1)` from normalised tokens."""
+        num_queries = self.config.num_queries
+        queries = normed_tokens[:, :num_queries]  # (B, Q, C)
+        patches = normed_tokens[:, num_queries + self.eomt.num_prefix_tokens :]  # (B, N, C)
+        class_logits = self.class_predictor(queries)
+        pixel_features = patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)  # (B, C, h, w)
+        for block in self.upscale_blocks:
+            pixel_features = block(pixel_features)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), pixel_features)
+        return mask_logits, class_logits
+
+    def sample_query_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: float) -> Tensor:
+        """Query -> patch mask `(B, Q, N)`: a query attends to the patches where its mask logit (resized bilinearly
+        to the grid) is positive; with probability `1 - prob`, drawn per image and per query, it attends to all."""
+        mask = F.interpolate(mask_logits, size=grid, mode="bilinear", align_corners=False).flatten(2) > 0
+        if prob < 1:
+            unmasked = torch.rand(mask.shape[:2], device=mask.device) > prob  # (B, Q)
+            mask = mask | unmasked[..., None]
+        return mask
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        patch_offsets: list[Tensor] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EoMTForUniversalSegmentationOutput | tuple:
+        """
+        Args:
+            pixel_values: `(B, C, H, W)` normalised images, H and W multiples of `patch_size`.
+            patch_offsets: passed through to the output for sliding-window post-processing.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        check_pixel_values(pixel_values, self.config)
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        probs = self.attn_mask_probs.tolist()
+        intermediate_masks: list[Tensor] = []
+        intermediate_classes: list[Tensor] = []
+
+        def query_mask_fn(block: int, hidden_states: Tensor) -> Tensor | None:
+            if not self.training and probs[block] <= 0:
+                return None
+            mask_logits, class_logits = self.predict(self.eomt.layernorm(hidden_states), grid)
+            intermediate_masks.append(mask_logits)
+            intermediate_classes.append(class_logits)
+            if probs[block] <= 0:
+                return None
+            return self.sample_query_mask(mask_logits, grid, probs[block])
+
+        outputs = self.eomt(
+            pixel_values,
+            query_mask_fn=query_mask_fn,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        masks_queries_logits, class_queries_logits = self.predict(outputs.last_hidden_state, grid)
+
+        output = EoMTForUniversalSegmentationOutput(
+            class_queries_logits=class_queries_logits,
+            masks_queries_logits=masks_queries_logits,
+            intermediate_class_queries_logits=tuple(intermediate_classes),
+            intermediate_masks_queries_logits=tuple(intermediate_masks),
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            patch_offsets=patch_offsets,
+        )
+        return output if return_dict else output.to_tuple()
