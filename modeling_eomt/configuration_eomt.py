@@ -14,13 +14,14 @@ SIZE_PRESETS: dict[str, tuple[int, int, int, str]] = {
     "g": (1536, 40, 24, "swiglu"),
 }
 
-FFN_TYPES = ("mlp", "swiglu")
+FFN_TYPES = ("mlp", "swiglu", "glu")
 POSITION_EMBEDDING_TYPES = ("absolute", "rope")
 
 
-def swiglu_hidden_size(hidden_size: int, mlp_ratio: float) -> int:
-    """DINOv2's SwiGLU width: two thirds of `hidden_size * mlp_ratio`, rounded up to a multiple of 8."""
-    return (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+def default_ffn_hidden_size(hidden_size: int, mlp_ratio: float, ffn_type: str) -> int:
+    """FFN width DINOv2 derives from `mlp_ratio`; for gated FFNs two thirds of it, rounded up to a multiple of 8."""
+    width = int(hidden_size * mlp_ratio)
+    return width if ffn_type == "mlp" else (int(width * 2 / 3) + 7) // 8 * 8
 
 
 class EoMTConfig(PretrainedConfig):
@@ -35,12 +36,15 @@ class EoMTConfig(PretrainedConfig):
             `intermediate_size` is None).
         intermediate_size (`int`, *optional*): explicit FFN width (per branch for SwiGLU). Defaults to
             `hidden_size * mlp_ratio` (MLP) or DINOv2's rounded two thirds of it (SwiGLU).
-        ffn_type (`str`, defaults to `"mlp"`): `"mlp"` (fc1 -> act -> fc2) or `"swiglu"` (fused gate/up
-            projection, SiLU gate, as in DINOv2 ViT-g).
+        ffn_type (`str`, defaults to `"mlp"`): `"mlp"` (fc1 -> act -> fc2), `"swiglu"` (fused gate/up
+            projection with a SiLU gate, DINOv2 ViT-g) or `"glu"` (the same with a `hidden_act` gate, DINOv3's
+            gated MLP).
         hidden_act (`str`, defaults to `"gelu"`): activation of the MLP, the mask head and the upscale blocks.
         layer_norm_eps (`float`, defaults to 1e-6): epsilon of every LayerNorm.
         layerscale_value (`float`, defaults to 1.0): initial value of the LayerScale factors.
-        qkv_bias (`bool`, defaults to True): bias on the fused query/key/value projection.
+        qkv_bias (`bool`, defaults to True): biases on the query/key/value projections.
+        key_bias (`bool`, defaults to True): whether the key projection has a bias too (DINOv2 yes, DINOv3 no; with
+            RoPE a key bias changes the attention, so it is kept at exactly zero when False).
         drop_path_rate (`float`, defaults to 0.0): stochastic-depth rate, increasing linearly to this value
             over the blocks.
         attention_dropout (`float`, defaults to 0.0): dropout on the attention probabilities.
@@ -83,6 +87,7 @@ class EoMTConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-6,
         layerscale_value: float = 1.0,
         qkv_bias: bool = True,
+        key_bias: bool = True,
         drop_path_rate: float = 0.0,
         attention_dropout: float = 0.0,
         hidden_dropout_prob: float = 0.0,
@@ -118,6 +123,7 @@ class EoMTConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.layerscale_value = layerscale_value
         self.qkv_bias = qkv_bias
+        self.key_bias = key_bias
         self.drop_path_rate = drop_path_rate
         self.attention_dropout = attention_dropout
         self.hidden_dropout_prob = hidden_dropout_prob
@@ -149,9 +155,7 @@ class EoMTConfig(PretrainedConfig):
         """Width of the FFN hidden layer (per branch for SwiGLU)."""
         if self.intermediate_size is not None:
             return self.intermediate_size
-        if self.ffn_type == "swiglu":
-            return swiglu_hidden_size(self.hidden_size, self.mlp_ratio)
-        return int(self.hidden_size * self.mlp_ratio)
+        return default_ffn_hidden_size(self.hidden_size, self.mlp_ratio, self.ffn_type)
 
     @property
     def grid_size(self) -> tuple[int, int]:

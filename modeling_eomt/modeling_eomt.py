@@ -7,6 +7,7 @@ Token layout inside the last `num_blocks` blocks: `[queries (Q) | class (1) | re
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -141,9 +142,13 @@ class EoMTRopePositionEmbedding(nn.Module):
     def __init__(self, config: EoMTConfig) -> None:
         super().__init__()
         self.config = config
+        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: EoMTConfig) -> Tensor:
+        """`(head_dim / 4,)` inverse periods `1 / theta^(4k / head_dim)`."""
         head_dim = config.hidden_size // config.num_attention_heads
-        inv_freq = 1.0 / config.rope_theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)  # (D / 4,)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        return 1.0 / config.rope_theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
 
     def patch_coordinates(self, grid: tuple[int, int], device: torch.device) -> Tensor:
         """Centres of the patches as `(h * w, 2)` (y, x) in [-1, 1], augmented in training as configured."""
@@ -191,8 +196,7 @@ def apply_rope_to_patches(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class EoMTAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection, SDPA or eager, optionally masked for the query rows.
 
-    A key bias has no effect on attention (it adds the same `q . b_k` to every logit of a row), so one fused bias
-    serves DINOv2 (q, k, v biases) and DINOv3 (no key bias) alike.
+    Without a key bias (DINOv3) the fused projection has no bias and separate `q_bias` / `v_bias` parameters.
     """
 
     def __init__(self, config: EoMTConfig) -> None:
@@ -201,9 +205,22 @@ class EoMTAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        separate_biases = config.qkv_bias and not config.key_bias
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias and config.key_bias)
+        if separate_biases:
+            self.q_bias = nn.Parameter(torch.zeros(config.hidden_size))
+            self.v_bias = nn.Parameter(torch.zeros(config.hidden_size))
+        else:
+            self.q_bias = self.v_bias = None
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_dropout
+
+    def project_qkv(self, hidden_states: Tensor) -> Tensor:
+        """`(B, T, 3C)` query, key and value projections."""
+        if self.q_bias is None:
+            return self.qkv(hidden_states)
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        return F.linear(hidden_states, self.qkv.weight, bias)
 
     def forward(
         self,
@@ -220,7 +237,7 @@ class EoMTAttention(nn.Module):
                 attend everywhere.
         """
         batch_size, num_tokens, channels = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        qkv = self.project_qkv(hidden_states).reshape(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D)
         if rope is not None:
             query = apply_rope_to_patches(query, *rope)
@@ -276,17 +293,19 @@ class EoMTMLP(nn.Module):
         return self.fc2(self.activation(self.fc1(hidden_states)))
 
 
-class EoMTSwiGLUFFN(nn.Module):
-    """SwiGLU with the gate and up projections fused in `fc1` (gate first), as DINOv2 ViT-g."""
+class EoMTGatedFFN(nn.Module):
+    """Gated FFN with the gate and up projections fused in `fc1` (gate first): `fc2(act(gate) * up)`. The gate uses
+    SiLU for `ffn_type="swiglu"` (DINOv2 ViT-g) and `hidden_act` for `ffn_type="glu"` (DINOv3's gated MLP)."""
 
     def __init__(self, config: EoMTConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, 2 * config.ffn_hidden_size)
+        self.activation = ACT2FN["silu" if config.ffn_type == "swiglu" else config.hidden_act]
         self.fc2 = nn.Linear(config.ffn_hidden_size, config.hidden_size)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         gate, up = self.fc1(hidden_states).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * up)
+        return self.fc2(self.activation(gate) * up)
 
 
 class EoMTDropPath(nn.Module):
@@ -317,7 +336,7 @@ class EoMTLayer(GradientCheckpointingLayer):
         self.attention = EoMTAttention(config)
         self.layer_scale1 = EoMTLayerScale(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = EoMTSwiGLUFFN(config) if config.ffn_type == "swiglu" else EoMTMLP(config)
+        self.mlp = EoMTMLP(config) if config.ffn_type == "mlp" else EoMTGatedFFN(config)
         self.layer_scale2 = EoMTLayerScale(config)
         self.drop_path = EoMTDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -349,6 +368,33 @@ class EoMTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["EoMTLayer"]
     _supports_sdpa = True
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, reinitialize_heads: bool = False, **kwargs
+    ):
+        """`PreTrainedModel.from_pretrained`, strict, and also reading transformers' own EoMT checkpoints.
+
+        A directory or Hub id saved by transformers' `EomtForUniversalSegmentation` or
+        `EomtDinov3ForUniversalSegmentation` is converted on the fly. Any missing, unexpected or mismatched weight is
+        a `ValueError`; with `reinitialize_heads=True` the segmentation heads (class head, mask head, upscale blocks,
+        queries) may be missing or of another shape (e.g. `num_labels` changed for fine-tuning) and are initialised
+        afresh.
+        """
+        from .conversion import check_loading_info, foreign_config_dict, load_transformers_eomt
+
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+        config_dict = None if "config" in kwargs else foreign_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        if config_dict is not None:
+            model, info = load_transformers_eomt(cls, pretrained_model_name_or_path, config_dict, **kwargs)
+        else:
+            kwargs["ignore_mismatched_sizes"] = True  # mismatches are reported by check_loading_info below
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        check_loading_info(cls, info, str(pretrained_model_name_or_path), reinitialize_heads)
+        return (model, info) if output_loading_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -363,6 +409,11 @@ class EoMTPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, EoMTLayerScale):
             init.constant_(module.lambda1, self.config.layerscale_value)
+        elif isinstance(module, EoMTRopePositionEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq(self.config))  # non-persistent: rebuilt on load
+        elif isinstance(module, EoMTAttention) and module.q_bias is not None:
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
         elif isinstance(module, EoMTEmbeddings):
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if module.register_tokens is not None:

@@ -1,0 +1,35 @@
+"""Tiny configurations shared by the model tests."""
+
+import torch
+
+from modeling_eomt import EoMTConfig
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_blocks=2,
+    image_size=64,
+    patch_size=16,
+    num_queries=5,
+    num_labels=4,
+)
+
+VARIANTS = {
+    "dinov2": dict(num_register_tokens=0),
+    "dinov2-registers-swiglu": dict(num_register_tokens=4, ffn_type="swiglu"),
+    "dinov3": dict(position_embedding_type="rope", num_register_tokens=2, key_bias=False, intermediate_size=48),
+    "dinov3-gated": dict(position_embedding_type="rope", num_register_tokens=4, key_bias=False, ffn_type="glu", intermediate_size=40),
+}
+
+
+def tiny_config(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTConfig:
+    return EoMTConfig(**{**TINY, **VARIANTS[variant], **overrides})
+
+
+def perturb_(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Move every parameter away from its structured initial value (ones, zeros) so tests see every weight."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * scale)
+    return model
