@@ -232,3 +232,30 @@ def test_new_number_of_classes_needs_reinitialize_heads(tmp_path):
     assert loaded.class_predictor.out_features == 8
     assert torch.equal(loaded.eomt.query.weight, model.eomt.query.weight)
     assert torch.equal(loaded.mask_head.fc1.weight, model.mask_head.fc1.weight)
+
+
+def test_patch_size_14():
+    config = tiny_config("dinov2-registers-swiglu", patch_size=14, image_size=56)
+    model = perturb_(EoMTForUniversalSegmentation(config)).eval()
+    out = model(torch.randn(1, 3, 56, 70))
+    assert out.masks_queries_logits.shape == (1, 5, 16, 20)  # grid 4x5, upscaled 4x
+
+
+@pytest.mark.parametrize("size, shape", [("S", (384, 12, 6)), ("B", (768, 12, 12)), ("L", (1024, 24, 16)), ("g", (1536, 40, 24))])
+def test_size_presets_have_dinov2_shapes(size, shape):
+    config = EoMTConfig.from_size(size, num_labels=3)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == shape
+    assert config.ffn_hidden_size == (4096 if size == "g" else 4 * shape[0])  # ViT-g: SwiGLU, 2/3 of 6144
+    with pytest.raises(ValueError, match="Unknown size 'XL'"):
+        EoMTConfig.from_size("XL")
+
+
+def test_vit_small_backbone_has_dinov2_parameter_count():
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = EoMTConfig.from_size("S", image_size=224, patch_size=14, num_labels=3)
+    ours = EoMTModel(config)
+    dinov2 = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=224, patch_size=14))
+    backbone = sum(p.numel() for name, p in ours.named_parameters() if not name.startswith("query."))
+    # DINOv2 also has a mask token and a class-token position embedding, which EoMT does not use.
+    assert backbone == sum(p.numel() for p in dinov2.parameters()) - 2 * 384

@@ -1,0 +1,1 @@
+"""Data sets, readers and generators for EoMT training and evaluation."""
