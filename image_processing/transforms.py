@@ -8,6 +8,7 @@ transformers' PIL image processors align them.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -93,3 +94,19 @@ def crop(array: np.ndarray, top: int, left: int, height: int, width: int, channe
     index = [slice(None)] * array.ndim
     index[height_axis], index[height_axis + 1] = slice(top, top + height), slice(left, left + width)
     return array[tuple(index)]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_image(
+    image: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, scale: float = 1 / 255
+) -> torch.Tensor:
+    """`(H, W, C)` image to a float32 `(C, H, W)` tensor: `(image * scale - mean) / std`."""
+    if image.ndim != 3 or image.shape[2] != len(mean):
+        raise ValueError(f"expected an (H, W, {len(mean)}) image, got shape {image.shape}")
+    pixels = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1) * scale
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return (pixels - mean_t) / std_t

@@ -9,13 +9,10 @@ import numpy as np
 import torch
 
 from image_processing.post_processing import semantic_segmentation
+from image_processing.transforms import normalize_image
 from image_processing.visualization import draw_segmentation
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from training.data.synthetic import CLASS_NAMES, synthetic_scene
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def run_quickstart(output_dir: str | Path, image_size: int = 128, seed: int = 0) -> dict:
     """Segment one synthetic image with an untrained small EoMT (ViT, 4 layers, 64 wide); write the overlay
@@ -32,8 +29,7 @@ def run_quickstart(output_dir: str | Path, image_size: int = 128, seed: int = 0)
     model.attn_mask_probs.zero_()  # mask-free inference, as after mask annealing
 
     scene = synthetic_scene(seed, size=image_size)
-    pixels = torch.from_numpy(np.asarray(scene.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    pixel_values = ((pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None])[None]
+    pixel_values = normalize_image(np.asarray(scene.image))[None]
     start = time.perf_counter()
     with torch.inference_mode():
         outputs = model(pixel_values)

@@ -5,7 +5,15 @@ import pytest
 from PIL import Image
 
 from image_processing.targets import MaskTarget, id_to_rgb, instance_target, panoptic_target, rgb_to_id, semantic_target
-from image_processing.transforms import crop, longest_side_size, pad_bottom_right, resize_image, resize_labels, shortest_side_size
+from image_processing.transforms import (
+    crop,
+    longest_side_size,
+    normalize_image,
+    pad_bottom_right,
+    resize_image,
+    resize_labels,
+    shortest_side_size,
+)
 
 
 def test_rgb_id_round_trip_and_encoding():
@@ -90,3 +98,16 @@ def test_pad_and_crop():
     masks = np.ones((2, 3, 4), bool)
     assert pad_bottom_right(masks, (2, 2)).shape == (2, 3, 4)  # never shrinks
     assert crop(padded, 1, 2, 3, 3, channels_last=True).shape == (3, 3, 3)
+
+
+def test_normalize_image():
+    import torch
+
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[..., 0] = 255
+    pixels = normalize_image(image)
+    assert pixels.shape == (3, 2, 3) and pixels.dtype == torch.float32
+    torch.testing.assert_close(pixels[0], torch.full((2, 3), (1 - 0.485) / 0.229))
+    torch.testing.assert_close(pixels[2], torch.full((2, 3), -0.406 / 0.225))
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) image"):
+        normalize_image(np.zeros((2, 3), np.uint8))
