@@ -1,5 +1,7 @@
 """Pixels in, segmentations out: pre-processing, target encoding, post-processing and visualisation for EoMT."""
 
+from .image_processing_eomt import EoMTImageProcessor
+from .inputs import to_rgb_array
 from .post_processing import (
     post_process_instance,
     post_process_panoptic,
@@ -9,11 +11,13 @@ from .post_processing import (
     undo_padding_and_resize,
 )
 from .targets import MaskTarget, id_to_rgb, instance_target, panoptic_target, rgb_to_id, semantic_target
-from .visualization import color_palette, draw_segmentation
+from .visualization import color_palette, draw_result, draw_segmentation
 
 __all__ = [
+    "EoMTImageProcessor",
     "MaskTarget",
     "color_palette",
+    "draw_result",
     "draw_segmentation",
     "id_to_rgb",
     "instance_target",
@@ -25,5 +29,6 @@ __all__ = [
     "semantic_probabilities",
     "semantic_segmentation",
     "semantic_target",
+    "to_rgb_array",
     "undo_padding_and_resize",
 ]
