@@ -68,23 +68,24 @@ def _distinct_ids(flat: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def pixel_segment_index(segmentation: Tensor, segment_ids: Tensor, void_ids: Tensor, name: str) -> Tensor:
-    """Position in `segment_ids` `(S,)` of every pixel's segment `(H*W,)`; `S` for void pixels.
+    """Position in `segment_ids` `(S,)` of every pixel's segment `(H*W,)` int32; `S` for void pixels.
 
     A pixel is void when its id is not listed but is one of `void_ids`; any other unlisted id raises.
     """
     flat = segmentation.reshape(-1)
     if flat.numel() == 0:
-        return flat
+        return flat.int()
     candidates, position = _distinct_ids(flat)  # (D,), (H*W,)
-    table = torch.full_like(candidates, -1)  # candidate -> segment position, S for void, -1 for unexplained
+    # candidate -> segment position, S for void, -1 for unexplained; int32 halves the memory traffic downstream
+    table = torch.full(candidates.shape, -1, dtype=torch.int32, device=flat.device)
 
     def mark(ids: Tensor, values: Tensor) -> None:
         slot = torch.searchsorted(candidates, ids).clamp_(max=candidates.numel() - 1)
         present = (candidates[slot] == ids) & (table[slot] < 0)  # listed ids come first and win over void ids
         table[slot[present]] = values[present]
 
-    mark(segment_ids, torch.arange(segment_ids.numel(), device=flat.device))
-    mark(void_ids, torch.full_like(void_ids, segment_ids.numel()))
+    mark(segment_ids, torch.arange(segment_ids.numel(), dtype=torch.int32, device=flat.device))
+    mark(void_ids, torch.full(void_ids.shape, segment_ids.numel(), dtype=torch.int32, device=flat.device))
     index = table.index_select(0, position)  # much faster than table[position] on the CPU
     if index.min() < 0:
         unknown = flat[index < 0].unique()[:10].tolist()
