@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from image_processing.transforms import IMAGENET_MEAN, IMAGENET_STD  # what the image processor normalises with
+
 from .configuration_eomt import EoMTConfig, default_ffn_hidden_size
 from .modeling_eomt import EoMTForUniversalSegmentation, interpolate_position_embeddings
 
@@ -403,8 +405,6 @@ def save_as_transformers_eomt(model: torch.nn.Module, output_dir: str | os.PathL
 # ----------------------------------------------------------------------------------------------------------------------
 
 ORIGINAL_BACKBONE = "network.encoder.backbone."
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_HEAD_DIM = 64  # every DINOv2 / DINOv3 size has 64-dimensional heads
 TIMM_LAYER_NORM_EPS = 1e-6  # timm's DINOv2 ViTs
 DINOV3_LAYER_NORM_EPS = 1e-5  # transformers' DINOv3 ViTs
