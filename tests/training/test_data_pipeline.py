@@ -2,11 +2,21 @@
 
 import pickle
 
+import datasets
 import numpy as np
+import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from tests.training.data_helpers import synthetic_ade, synthetic_instance, synthetic_panoptic  # noqa: F401 (fixtures)
-from training.data import collate_eval, load_ade20k, make_eval_dataset, make_train_dataset
+from training.data import (
+    StreamingDataset,
+    collate_eval,
+    from_hf_dataset,
+    load_ade20k,
+    make_eval_dataset,
+    make_train_dataset,
+)
 from training.data.synthetic import CLASS_NAMES
 
 
@@ -56,3 +66,28 @@ def test_factories_use_the_authors_recipe_per_task(synthetic_panoptic, synthetic
     assert semantic.augmentation.scale_range == (0.5, 2.0) and semantic.augmentation.color_jitter
     example = semantic[0]
     assert example["mask_labels"].shape[1:] == (32, 32) and example["class_labels"].max() < 150
+
+
+def test_streamed_hub_data_set_same_examples_with_workers():
+    rng = np.random.default_rng(0)
+    maps = [rng.integers(0, 3, (4, 5)).repeat(6, 0).repeat(6, 1) for _ in range(6)]  # 24x30 semantic maps, classes 0..2
+    images = [Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)) for _ in range(6)]
+    table = datasets.Dataset.from_dict({"image": images, "label": [Image.fromarray(m.astype(np.uint8)) for m in maps]})
+    stream = table.to_iterable_dataset(num_shards=2)
+    source = from_hf_dataset(stream, "semantic", annotation_column="label", id2label={0: "a", 1: "b", 2: "c"})
+    dataset = make_train_dataset(source, input_size=16, seed=3)
+    assert isinstance(dataset, StreamingDataset)
+
+    def examples(workers):
+        loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+        return sorted((e["pixel_values"].sum().item(), e["pixel_values"], e["mask_labels"], e["class_labels"]) for e in loader)
+
+    single, parallel = examples(0), examples(2)
+    assert len(single) == len(parallel) == 6
+    for a, b in zip(single, parallel):
+        assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+    dataset.set_epoch(1)
+    assert [e[0] for e in examples(0)] != [e[0] for e in single]
+
+    evaluation = list(make_eval_dataset(source))
+    np.testing.assert_array_equal(evaluation[2]["semantic_map"], maps[2])

@@ -13,6 +13,7 @@ from .hub import from_hf_dataset
 from .pipeline import (
     EpochCallback,
     EvalDataset,
+    StreamingDataset,
     TrainDataset,
     collate_eval,
     detect_format,
@@ -40,6 +41,7 @@ __all__ = [
     "Sample",
     "SampleError",
     "SegmentationSource",
+    "StreamingDataset",
     "TrainDataset",
     "ValidationReport",
     "augment",

@@ -81,7 +81,7 @@ class HubSource(SegmentationSource):
 
 def _names_from_features(dataset: datasets.Dataset, column: str | None) -> dict[int, str] | None:
     """Class names from a `ClassLabel` feature of `column` or of its `category_id` / `label_id` field."""
-    if column is None or column not in dataset.features:
+    if column is None or not dataset.features or column not in dataset.features:
         return None
     feature = dataset.features[column]
     while feature is not None and not isinstance(feature, datasets.ClassLabel):
@@ -110,20 +110,22 @@ def from_hf_dataset(
     void_id: int = 0,
     name: str | None = None,
 ) -> HubSource:
-    """Wrap a `datasets.Dataset` (e.g. `datasets.load_dataset(...)["train"]` or `load_from_disk`) as a source.
+    """Wrap a `datasets.Dataset` (e.g. `datasets.load_dataset(...)["train"]` or `load_from_disk`) as a source; a
+    `datasets.IterableDataset` (`streaming=True`) gives a source for `StreamingDataset` (no length, no indexing).
 
     `id2label` (contiguous class index -> name) is required unless a `ClassLabel` feature names the classes.
     `thing_ids` defaults to all classes for `"instance"` and to none otherwise (give it for panoptic PQ splits).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"expected a datasets.Dataset (map-style), got {type(dataset).__name__}")
+    if not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
+        raise TypeError(f"expected a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
     extra_column = {"panoptic": segments_info_column, "instance": mapping_column}.get(kind)
     if kind != "semantic" and extra_column is None:
         needed = "segments_info_column" if kind == "panoptic" else "mapping_column"
         raise ValueError(f"a {kind} data set needs {needed}")
-    missing = [c for c in (image_column, annotation_column, extra_column) if c is not None and c not in dataset.column_names]
+    columns = dataset.column_names or []  # a stream may not know its columns before it is read
+    missing = [c for c in (image_column, annotation_column, extra_column) if c is not None and columns and c not in columns]
     if missing:
         raise ValueError(f"columns {missing} are not in the data set; it has {dataset.column_names}")
     if id2label is None:
@@ -139,7 +141,7 @@ def from_hf_dataset(
     if thing_ids is None:
         thing_ids = tuple(id2label) if kind == "instance" else ()
     info = DatasetInfo(
-        name=name or f"{kind} data set ({len(dataset)} rows)", task=kind, id2label=id2label,
+        name=name or f"{kind} data set ({type(dataset).__name__})", task=kind, id2label=id2label,
         thing_ids=tuple(int(i) for i in thing_ids), ignore_index=ignore_index,
     )  # fmt: skip
     return HubSource(

@@ -11,6 +11,7 @@ Evaluation example (original resolution; resizing and windows are the image proc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -18,14 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from image_processing.targets import MaskTarget
 from image_processing.transforms import normalize_image
 
 from .augmentation import AugmentationConfig, augment, recipe_augmentation, sample_rng
-from .base import DatasetInfo, SampleError, SegmentationSource
+from .base import DatasetInfo, Sample, SampleError, SegmentationSource
 from .coco import load_coco_instance, load_coco_panoptic
 from .semantic import load_ade20k, load_cityscapes
 
@@ -70,19 +73,23 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = int(self.indices[index])
-        sample = self.source[record]
-        try:
-            image, target = augment(sample.image, sample.target, sample_rng(self.seed, self.epoch, record), self.augmentation)
-        except Exception as error:
-            raise SampleError(f"{sample.file_name}: augmentation failed: {type(error).__name__}: {error}") from error
-        return {
-            "pixel_values": normalize_image(image),  # (3, S, S) float32
-            "mask_labels": torch.from_numpy(target.masks),  # (n, S, S) bool
-            "class_labels": torch.from_numpy(target.labels),  # (n,) int64
-        }
+        return training_example(self.source[record], self.augmentation, sample_rng(self.seed, self.epoch, record))
 
 
-def segmentation_and_segments(target, thing_ids: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
+def training_example(sample: Sample, augmentation: AugmentationConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """The model's training input from one decoded sample (see the module docstring)."""
+    try:
+        image, target = augment(sample.image, sample.target, rng, augmentation)
+    except Exception as error:
+        raise SampleError(f"{sample.file_name}: augmentation failed: {type(error).__name__}: {error}") from error
+    return {
+        "pixel_values": normalize_image(image),  # (3, S, S) float32
+        "mask_labels": torch.from_numpy(target.masks),  # (n, S, S) bool
+        "class_labels": torch.from_numpy(target.labels),  # (n,) int64
+    }
+
+
+def segmentation_and_segments(target: MaskTarget, thing_ids: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
     """Panoptic segment-id map `(H, W)` int32 (0 = void, mask i -> id i + 1) and its `segments_info` from a target
     of disjoint masks."""
     segmentation = np.zeros(target.size, np.int32)
@@ -94,6 +101,16 @@ def segmentation_and_segments(target, thing_ids: Sequence[int]) -> tuple[np.ndar
         for index, (label, crowd) in enumerate(zip(target.labels, target.is_crowd))
     ]
     return segmentation, segments
+
+
+def evaluation_example(sample: Sample, info: DatasetInfo) -> dict[str, Any]:
+    """The ground truth of one sample at original resolution, as the metrics take it (see the module docstring)."""
+    example = {"image": sample.image, "image_id": sample.image_id, "file_name": sample.file_name, "target": sample.target}
+    if info.task == "panoptic":
+        example["segmentation"], example["segments_info"] = segmentation_and_segments(sample.target, info.thing_ids)
+    elif info.task == "semantic":
+        example["semantic_map"] = sample.target.semantic_map(info.ignore_index)
+    return example
 
 
 class EvalDataset(torch.utils.data.Dataset):
@@ -110,13 +127,44 @@ class EvalDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.source[index]
-        example = {"image": sample.image, "image_id": sample.image_id, "file_name": sample.file_name, "target": sample.target}
-        if self.info.task == "panoptic":
-            example["segmentation"], example["segments_info"] = segmentation_and_segments(sample.target, self.info.thing_ids)
-        elif self.info.task == "semantic":
-            example["semantic_map"] = sample.target.semantic_map(self.info.ignore_index)
-        return example
+        return evaluation_example(self.source[index], self.info)
+
+
+class StreamingDataset(torch.utils.data.IterableDataset):
+    """Training (with `augmentation`) or evaluation (without) examples of a streamed `datasets.IterableDataset`
+    (a `HubSource` built by `from_hf_dataset` on one). DataLoader workers and processes read disjoint shards, as
+    `datasets` splits them. A sample's augmentation draws come from `sample_rng(seed, epoch, key)`, with `key` a hash
+    of its decoded pixels, so they do not depend on which worker reads it either."""
+
+    def __init__(self, source: SegmentationSource, augmentation: AugmentationConfig | None = None, seed: int = 0) -> None:
+        self.source, self.augmentation, self.seed = source, augmentation, int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.source.info
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+        if hasattr(self.source.records, "set_epoch"):  # reshuffles a shuffled stream
+            self.source.records.set_epoch(int(epoch))
+
+    def __iter__(self):
+        for position, record in enumerate(self.source.records):
+            try:
+                sample = self.source.decode(record)
+            except Exception as error:
+                raise SampleError(f"example {position} of this worker's shards of {self.info.name}: "
+                                  f"{type(error).__name__}: {error}") from error  # fmt: skip
+            if self.augmentation is None:
+                yield evaluation_example(sample, self.info)
+                continue
+            key = int.from_bytes(hashlib.blake2b(sample.image.tobytes(), digest_size=8).digest(), "little")
+            yield training_example(sample, self.augmentation, sample_rng(self.seed, self.epoch, key))
 
 
 def collate_eval(examples: Sequence[dict[str, Any]]) -> dict[str, list]:
@@ -177,8 +225,6 @@ def load_source(
     if format == "cityscapes":
         return load_cityscapes(root, split)
     if format == "hf_disk":
-        import datasets
-
         from .hub import from_hf_dataset
 
         loaded = datasets.load_from_disk(str(root))
@@ -191,9 +237,13 @@ def load_source(
     raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
 
 
+def _is_stream(source: SegmentationSource) -> bool:
+    return isinstance(source.records, datasets.IterableDataset)
+
+
 def _as_source(data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None, validate: bool) -> SegmentationSource:
     source = data if isinstance(data, SegmentationSource) else load_source(data, split, format, task)
-    if validate:
+    if validate and not _is_stream(source):  # a stream is checked as it is read
         from .validation import validate_dataset
 
         validate_dataset(source)
@@ -211,10 +261,14 @@ def make_train_dataset(
     task: str | None = None,
     validate: bool = True,
 ) -> TrainDataset:
-    """The training data set of a source or a data set folder. `augmentation` defaults to the authors' recipe for
-    the task (`recipe_augmentation`); `validate` runs the fast validation pass first (raises on problems)."""
+    """The training data set of a source or a data set folder (a `StreamingDataset` for a streamed source).
+    `augmentation` defaults to the authors' recipe for the task (`recipe_augmentation`); `validate` runs the fast
+    validation pass first (raises on problems)."""
     source = _as_source(data, split, format, task, validate)
-    return TrainDataset(source, augmentation or recipe_augmentation(source.info.task, input_size), seed=seed)
+    augmentation = augmentation or recipe_augmentation(source.info.task, input_size)
+    if _is_stream(source):
+        return StreamingDataset(source, augmentation, seed=seed)
+    return TrainDataset(source, augmentation, seed=seed)
 
 
 def make_eval_dataset(
@@ -226,4 +280,5 @@ def make_eval_dataset(
     validate: bool = True,
 ) -> EvalDataset:
     """The evaluation data set of a source or a data set folder (see `make_train_dataset`)."""
-    return EvalDataset(_as_source(data, split, format, task, validate))
+    source = _as_source(data, split, format, task, validate)
+    return StreamingDataset(source) if _is_stream(source) else EvalDataset(source)
