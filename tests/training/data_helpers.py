@@ -20,13 +20,17 @@ def val_scenes(**kwargs):
 
 @pytest.fixture(scope="module")
 def synthetic_panoptic(tmp_path_factory):
-    root = write_synthetic_coco_panoptic(tmp_path_factory.mktemp("coco_panoptic"), NUM_TRAIN, NUM_VAL, size=SIZE, seed=SEED, crowd_prob=0.3)
+    root = write_synthetic_coco_panoptic(
+        tmp_path_factory.mktemp("coco_panoptic"), NUM_TRAIN, NUM_VAL, size=SIZE, seed=SEED, crowd_prob=0.3
+    )
     return root, val_scenes(crowd_prob=0.3)
 
 
 @pytest.fixture(scope="module")
 def synthetic_instance(tmp_path_factory):
-    root = write_synthetic_coco_instance(tmp_path_factory.mktemp("coco_instance"), NUM_TRAIN, NUM_VAL, size=SIZE, seed=SEED, crowd_prob=0.3)
+    root = write_synthetic_coco_instance(
+        tmp_path_factory.mktemp("coco_instance"), NUM_TRAIN, NUM_VAL, size=SIZE, seed=SEED, crowd_prob=0.3
+    )
     return root, val_scenes(crowd_prob=0.3)
 
 

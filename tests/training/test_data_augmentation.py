@@ -28,7 +28,9 @@ def _colour_coded(height=60, width=90):
     """An image whose pixel colour says which mask a pixel belongs to (5 asymmetric blocks, grey background)."""
     image = np.full((height, width, 3), 128, np.uint8)
     masks = np.zeros((len(COLOURS), height, width), bool)
-    for index, (top, left, h, w) in enumerate([(0, 0, 20, 30), (5, 40, 30, 20), (30, 5, 25, 25), (40, 60, 20, 30), (40, 35, 15, 20)]):
+    for index, (top, left, h, w) in enumerate(
+        [(0, 0, 20, 30), (5, 40, 30, 20), (30, 5, 25, 25), (40, 60, 20, 30), (40, 35, 15, 20)]
+    ):
         masks[index, top : top + h, left : left + w] = True
         image[masks[index]] = COLOURS[index]
     return image, MaskTarget(masks, np.arange(len(COLOURS)), np.zeros(len(COLOURS), bool))
@@ -53,7 +55,9 @@ def test_masks_stay_aligned_with_the_image_through_flip_scale_and_crop():
         assert (view[~covered] != COLOURS[:, None]).any(-1).all()  # no mask colour outside the masks
         # where was block 0 (top-left in the source) relative to block 1? a flip swaps left and right
         if {0, 1} <= set(view_target.labels.tolist()):
-            cols = [np.flatnonzero(view_target.masks[view_target.labels.tolist().index(k)].any(0)).mean() for k in (0, 1)]
+            cols = [
+                np.flatnonzero(view_target.masks[view_target.labels.tolist().index(k)].any(0)).mean() for k in (0, 1)
+            ]
             flipped += cols[0] > cols[1]
     assert flipped > 0  # flips happened and stayed aligned
 
@@ -109,7 +113,10 @@ def test_colour_operations_follow_their_definitions():
     np.testing.assert_array_equal(adjust_hue(image, 0.0), image)
     np.testing.assert_array_equal(adjust_hue(np.array([[[255, 0, 0]]], np.uint8), 1 / 3), [[[0, 255, 0]]])
     for shift in (0.05, -0.05):  # against the standard library's HSV
-        expected = [[colorsys.hsv_to_rgb((h + shift) % 1, s, v) for h, s, v in (colorsys.rgb_to_hsv(*(p / 255)) for p in row)] for row in image]
+        expected = [
+            [colorsys.hsv_to_rgb((h + shift) % 1, s, v) for h, s, v in (colorsys.rgb_to_hsv(*(p / 255)) for p in row)]
+            for row in image
+        ]
         assert np.abs(adjust_hue(image, shift).astype(float) - np.array(expected) * 255).max() <= 1.0
 
 

@@ -43,7 +43,9 @@ def test_semantic_and_instance_eval_examples(synthetic_ade, synthetic_instance):
     root, scenes = synthetic_ade
     dataset = make_eval_dataset(load_ade20k(root, "val", id2label=dict(enumerate(CLASS_NAMES))))
     example = dataset[0]
-    np.testing.assert_array_equal(example["semantic_map"], np.where(scenes[0].semantic_map < 0, 255, scenes[0].semantic_map))
+    np.testing.assert_array_equal(
+        example["semantic_map"], np.where(scenes[0].semantic_map < 0, 255, scenes[0].semantic_map)
+    )
     instance = make_eval_dataset(synthetic_instance[0], "val")[0]
     assert set(instance) == {"image", "image_id", "file_name", "target"}
     assert instance["target"].masks.shape[1:] == (48, 48) and instance["image_id"] == 1
@@ -80,7 +82,9 @@ def test_streamed_hub_data_set_same_examples_with_workers():
 
     def examples(workers):
         loader = DataLoader(dataset, batch_size=None, num_workers=workers)
-        return sorted((e["pixel_values"].sum().item(), e["pixel_values"], e["mask_labels"], e["class_labels"]) for e in loader)
+        return sorted(
+            (e["pixel_values"].sum().item(), e["pixel_values"], e["mask_labels"], e["class_labels"]) for e in loader
+        )
 
     single, parallel = examples(0), examples(2)
     assert len(single) == len(parallel) == 6

@@ -10,6 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from image_processing.targets import id_to_rgb
+from tests.training.data_helpers import synthetic_ade, synthetic_instance, synthetic_panoptic  # noqa: F401 (fixtures)
 from training.data import (
     detect_format,
     from_hf_dataset,
@@ -20,7 +21,6 @@ from training.data import (
     load_source,
 )
 from training.data.base import SampleError
-from tests.training.data_helpers import synthetic_ade, synthetic_instance, synthetic_panoptic  # noqa: F401 (fixtures)
 from training.data.synthetic import CLASS_NAMES, THING_CLASSES, _fill, _uncompressed_rle
 
 
@@ -34,10 +34,14 @@ def _write_coco_instance_by_hand(root, masks_by_kind):
         {"id": 10, "image_id": 7, "category_id": 3, "iscrowd": 0, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]},
         {"id": 11, "image_id": 7, "category_id": 90, "iscrowd": 0,
          "segmentation": {"size": [20, 24], "counts": compressed["counts"].decode()}},
-        {"id": 12, "image_id": 7, "category_id": 3, "iscrowd": 1, "segmentation": _uncompressed_rle(masks_by_kind["crowd"])},
+        {"id": 12, "image_id": 7, "category_id": 3, "iscrowd": 1,
+         "segmentation": _uncompressed_rle(masks_by_kind["crowd"])},
     ]  # fmt: skip
     document = {
-        "images": [{"id": 7, "file_name": "a.jpg", "height": 20, "width": 24}, {"id": 8, "file_name": "b.jpg", "height": 20, "width": 24}],
+        "images": [
+            {"id": 7, "file_name": "a.jpg", "height": 20, "width": 24},
+            {"id": 8, "file_name": "b.jpg", "height": 20, "width": 24},
+        ],
         "annotations": annotations,
         "categories": [{"id": 90, "name": "kite"}, {"id": 3, "name": "car"}],
     }
@@ -55,7 +59,9 @@ def test_coco_panoptic_reads_back_the_generated_masks(synthetic_panoptic):
     for sample, scene in zip(source, scenes):
         expected = {}
         for segment in scene.segments:
-            expected[segment["category_id"], segment["iscrowd"]] = expected.get((segment["category_id"], segment["iscrowd"]), [])
+            expected[segment["category_id"], segment["iscrowd"]] = expected.get(
+                (segment["category_id"], segment["iscrowd"]), []
+            )
             expected[segment["category_id"], segment["iscrowd"]].append(scene.segment_map == segment["id"])
         assert len(sample.target) == len(scene.segments)
         for mask, label, crowd in zip(sample.target.masks, sample.target.labels, sample.target.is_crowd):
@@ -133,10 +139,16 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     city = "aachen"
     (tmp_path / "leftImg8bit" / "val" / city).mkdir(parents=True)
     (tmp_path / "gtFine" / "val" / city).mkdir(parents=True)
-    label_ids = np.array([[7, 26, 0, 33, 9, 24]], np.uint8).repeat(3, 0)  # road, car, unlabeled, bicycle, parking, person
-    Image.fromarray(np.zeros((3, 6, 3), np.uint8)).save(tmp_path / "leftImg8bit" / "val" / city / f"{city}_000000_000019_leftImg8bit.png")
+    label_ids = np.array([[7, 26, 0, 33, 9, 24]], np.uint8).repeat(
+        3, 0
+    )  # road, car, unlabeled, bicycle, parking, person
+    Image.fromarray(np.zeros((3, 6, 3), np.uint8)).save(
+        tmp_path / "leftImg8bit" / "val" / city / f"{city}_000000_000019_leftImg8bit.png"
+    )
     Image.fromarray(label_ids).save(tmp_path / "gtFine" / "val" / city / f"{city}_000000_000019_gtFine_labelIds.png")
-    Image.fromarray(label_ids).save(tmp_path / "gtFine" / "val" / city / f"{city}_000000_000019_gtFine_color.png")  # ignored
+    Image.fromarray(label_ids).save(
+        tmp_path / "gtFine" / "val" / city / f"{city}_000000_000019_gtFine_color.png"
+    )  # ignored
     source = load_cityscapes(tmp_path, "val")
     assert len(source) == 1 and source.info.num_labels == 19 and source.info.thing_ids == tuple(range(11, 19))
     np.testing.assert_array_equal(source[0].target.semantic_map()[0], [0, 13, 255, 18, 255, 11])
@@ -152,7 +164,9 @@ def _hub_rows(count=3):
 
 def test_hub_semantic_from_save_to_disk(tmp_path):
     images, semantic = _hub_rows()
-    dataset = datasets.Dataset.from_dict({"img": images, "label": [Image.fromarray(m.astype(np.uint8)) for m in semantic]})
+    dataset = datasets.Dataset.from_dict(
+        {"img": images, "label": [Image.fromarray(m.astype(np.uint8)) for m in semantic]}
+    )
     datasets.DatasetDict({"train": dataset}).save_to_disk(tmp_path / "hub")
     source = load_source(tmp_path / "hub", "train", kind="semantic", image_column="img", annotation_column="label",
                          id2label={0: "a", 1: "b", 2: "c"}, reduce_labels=True)  # fmt: skip
@@ -166,8 +180,12 @@ def test_hub_instance_and_panoptic_columns():
     images, _ = _hub_rows(1)
     instance_map = np.zeros((10, 12), np.int32)
     instance_map[:5, :6], instance_map[5:, 6:] = 3, 9
-    dataset = datasets.Dataset.from_dict({"image": images, "inst": [instance_map.tolist()], "classes": [[[3, 1], [9, 0]]]})
-    source = from_hf_dataset(dataset, "instance", annotation_column="inst", mapping_column="classes", id2label={0: "x", 1: "y"})
+    dataset = datasets.Dataset.from_dict(
+        {"image": images, "inst": [instance_map.tolist()], "classes": [[[3, 1], [9, 0]]]}
+    )
+    source = from_hf_dataset(
+        dataset, "instance", annotation_column="inst", mapping_column="classes", id2label={0: "x", 1: "y"}
+    )
     target = source[0].target
     assert target.labels.tolist() == [1, 0] and np.array_equal(target.masks[0], instance_map == 3)
 
@@ -178,8 +196,12 @@ def test_hub_instance_and_panoptic_columns():
         "segments_info": [{"id": datasets.Value("int64"), "category_id": datasets.ClassLabel(names=["sky", "dog"]),
                            "iscrowd": datasets.Value("int64")}],
     })  # fmt: skip
-    panoptic = datasets.Dataset.from_dict({"image": images, "png": [Image.fromarray(id_to_rgb(ids))], "segments_info": [segments]}, features=features)
-    source = from_hf_dataset(panoptic, "panoptic", annotation_column="png", segments_info_column="segments_info", thing_ids=[1])
+    panoptic = datasets.Dataset.from_dict(
+        {"image": images, "png": [Image.fromarray(id_to_rgb(ids))], "segments_info": [segments]}, features=features
+    )
+    source = from_hf_dataset(
+        panoptic, "panoptic", annotation_column="png", segments_info_column="segments_info", thing_ids=[1]
+    )
     assert source.info.id2label == {0: "sky", 1: "dog"} and source.info.stuff_ids == (0,)
     target = source[0].target
     assert target.labels.tolist() == [1, 0] and target.is_crowd.tolist() == [False, True]

@@ -78,7 +78,12 @@ def test_png_ids_not_in_segments_info_need_decoding(panoptic_root):
     source = load_coco_panoptic(panoptic_root, "train")
     assert validate_dataset(source, progress=False, sample_decodes=0).problems == []  # headers are fine
     problems, _ = _problems(source, decode=True)
-    assert len(problems) == 1 and "000000000004.png" in problems[0] and "[123456]" in problems[0] and "segments_info" in problems[0]
+    assert (
+        len(problems) == 1
+        and "000000000004.png" in problems[0]
+        and "[123456]" in problems[0]
+        and "segments_info" in problems[0]
+    )
 
 
 def test_corrupt_and_truncated_images(panoptic_root):
@@ -104,7 +109,9 @@ def test_many_problems_are_counted_and_the_first_reported(panoptic_root):
     (panoptic_root / "train2017").mkdir()
     problems, message = _problems(load_coco_panoptic(panoptic_root, "train"), max_reported=2)
     assert len(problems) == 4
-    assert "4 problem(s) in 4 records" in message and "... and 2 more" in message and message.count("missing image") == 2
+    assert (
+        "4 problem(s) in 4 records" in message and "... and 2 more" in message and message.count("missing image") == 2
+    )
 
 
 def test_instance_and_semantic_problems(tmp_path):

@@ -114,9 +114,12 @@ def adjust_hue(image: np.ndarray, shift: float) -> np.ndarray:
     chroma = value - low
     safe = np.where(chroma > 0, chroma, 1)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    hue = np.where(value == red, (green - blue) / safe, np.where(value == green, 2 + (blue - red) / safe, 4 + (red - green) / safe))
+    hue = np.where(
+        value == red, (green - blue) / safe, np.where(value == green, 2 + (blue - red) / safe, 4 + (red - green) / safe)
+    )
     hue = (hue / 6 + shift) % 1.0
-    # HSV -> RGB: channel n in (5, 3, 1) for (R, G, B) is value - chroma * clip(min(k, 4 - k), 0, 1), k = (n + 6 hue) % 6
+    # HSV -> RGB: channel n in (5, 3, 1) for (R, G, B) is value - chroma * clip(min(k, 4 - k), 0, 1),
+    # with k = (n + 6 hue) % 6
     k = (np.array([5, 3, 1], np.float32) + 6 * hue[..., None]) % 6
     out = value[..., None] - chroma[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1)
     return (np.clip(out, 0, 1) * np.float32(255.999)).astype(np.uint8)
@@ -147,7 +150,7 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, config: Augmentati
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:
-    """`(n, H, W)` bool -> `(ceil(n / 8), H, W)` uint8 (one plane at a time: ~8x faster than `np.packbits` on axis 0)."""
+    """`(n, H, W)` bool -> `(ceil(n / 8), H, W)` uint8 (plane by plane: ~8x faster than `np.packbits` on axis 0)."""
     packed = np.zeros(((len(masks) + 7) // 8, *masks.shape[1:]), np.uint8)
     for index, mask in enumerate(masks):
         plane = packed[index >> 3]
@@ -189,7 +192,9 @@ def _augment_once(image: np.ndarray, packed: np.ndarray, count: int, labels: np.
     return np.ascontiguousarray(image), MaskTarget(masks, labels, np.zeros(count, bool))
 
 
-def augment(image: np.ndarray, target: MaskTarget, rng: np.random.Generator, config: AugmentationConfig) -> tuple[np.ndarray, MaskTarget]:
+def augment(
+    image: np.ndarray, target: MaskTarget, rng: np.random.Generator, config: AugmentationConfig
+) -> tuple[np.ndarray, MaskTarget]:
     """One training view of `image` `(H, W, 3)` uint8 and `target`: `(input_h, input_w, 3)` uint8 and the non-crowd
     masks that are not empty after the crop, `(n, input_h, input_w)`. Redraws (up to `config.max_attempts` times)
     while no mask survives."""

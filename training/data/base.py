@@ -46,7 +46,9 @@ class DatasetInfo:
         if self.task not in TASKS:
             raise ValueError(f"{self.name}: task must be one of {TASKS}, got {self.task!r}")
         if sorted(self.id2label) != list(range(len(self.id2label))):
-            raise ValueError(f"{self.name}: id2label keys must be 0 .. num_labels - 1, got {sorted(self.id2label)[:10]}...")
+            raise ValueError(
+                f"{self.name}: id2label keys must be 0 .. num_labels - 1, got {sorted(self.id2label)[:10]}..."
+            )
         unknown = sorted(set(self.thing_ids) - set(self.id2label))
         if unknown:
             raise ValueError(f"{self.name}: thing_ids {unknown} are not class indices of id2label")
@@ -108,7 +110,9 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 def check_same_size(image: np.ndarray, label: np.ndarray, label_path: str) -> None:
     if tuple(image.shape[:2]) != tuple(label.shape[:2]):
-        raise ValueError(f"{label_path} is {label.shape[0]}x{label.shape[1]} but its image is {image.shape[0]}x{image.shape[1]}")
+        raise ValueError(
+            f"{label_path} is {label.shape[0]}x{label.shape[1]} but its image is {image.shape[0]}x{image.shape[1]}"
+        )
 
 
 @dataclass(kw_only=True)
@@ -157,7 +161,7 @@ class SegmentationSource(torch.utils.data.Dataset):
         data set leaves out records with none, as they give no training signal."""
         return None
 
-    def select(self, indices: Sequence[int]) -> "SegmentationSource":
+    def select(self, indices: Sequence[int]) -> SegmentationSource:
         """The same source restricted to `indices` (records are not copied)."""
         selected = copy.copy(self)
         selected.records = self.records.select(indices)

@@ -28,7 +28,12 @@ from .base import DatasetInfo, FileCheck, Sample, SegmentationSource, check_same
 
 logger = logging.getLogger(__name__)
 # pycocotools' mask decoding trips a harmless numpy 2 deprecation (its array wrapper lacks `copy=`) on every call
-warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning, module="pycocotools")
+warnings.filterwarnings(
+    "ignore",
+    message="__array__ implementation doesn't accept a copy",
+    category=DeprecationWarning,
+    module="pycocotools",
+)
 
 _SEGMENT = {"id": datasets.Value("int64"), "category_id": datasets.Value("int64"), "iscrowd": datasets.Value("bool")}
 _ANNOTATION = {**_SEGMENT, "segmentation": datasets.Value("string")}
@@ -58,7 +63,9 @@ def _load_json(path: Path) -> dict:
     return document
 
 
-def contiguous_categories(categories: list[dict], source: Path, need_isthing: bool) -> tuple[dict[int, int], dict[int, str], tuple[int, ...]]:
+def contiguous_categories(
+    categories: list[dict], source: Path, need_isthing: bool
+) -> tuple[dict[int, int], dict[int, str], tuple[int, ...]]:
     """`category_to_label` (sorted ids -> 0..K-1), `id2label` and the labels that are things."""
     ids = [category.get("id") for category in categories]
     if any(not isinstance(i, int) for i in ids):
@@ -96,7 +103,9 @@ class CocoPanopticSource(SegmentationSource):
         image = read_rgb(record["image_file"])
         segment_ids = rgb_to_id(read_rgb(record["annotation_file"]))
         check_same_size(image, segment_ids, record["annotation_file"])
-        target = panoptic_target(segment_ids, record["segments"], self.category_to_label, source=record["annotation_file"])
+        target = panoptic_target(
+            segment_ids, record["segments"], self.category_to_label, source=record["annotation_file"]
+        )
         return Sample(image, target, record["image_id"], record["image_file"])
 
     def files(self, record: dict[str, Any]) -> list[FileCheck]:
@@ -106,7 +115,10 @@ class CocoPanopticSource(SegmentationSource):
 
     def training_segment_counts(self) -> np.ndarray:
         return np.array(
-            [sum(not s["iscrowd"] and s["category_id"] in self.category_to_label for s in segments) for segments in self.records["segments"]]
+            [
+                sum(not s["iscrowd"] and s["category_id"] in self.category_to_label for s in segments)
+                for segments in self.records["segments"]
+            ]
         )
 
 
@@ -123,31 +135,54 @@ def load_coco_panoptic(
     cannot be used at all."""
     root = Path(root)
     names = split_candidates(split)
-    images_dir = Path(images_dir) if images_dir else first_existing([root / n for n in names], f"image folder for split {split!r}")
-    annotation_file = Path(annotation_file) if annotation_file else first_existing(
-        [root / "annotations" / f"panoptic_{n}.json" for n in names], "panoptic JSON")
+    images_dir = (
+        Path(images_dir)
+        if images_dir
+        else first_existing([root / n for n in names], f"image folder for split {split!r}")
+    )
+    annotation_file = (
+        Path(annotation_file)
+        if annotation_file
+        else first_existing([root / "annotations" / f"panoptic_{n}.json" for n in names], "panoptic JSON")
+    )
     panoptic_dir = Path(panoptic_dir) if panoptic_dir else first_existing(
         [root / "annotations" / f"panoptic_{n}" for n in names], "panoptic PNG folder")  # fmt: skip
     document = _load_json(annotation_file)
-    category_to_label, id2label, thing_ids = contiguous_categories(document["categories"], annotation_file, need_isthing=True)
+    category_to_label, id2label, thing_ids = contiguous_categories(
+        document["categories"], annotation_file, need_isthing=True
+    )
     images = {image.get("id"): image for image in document["images"]}
 
-    columns: dict[str, list] = {k: [] for k in ("image_id", "image_file", "annotation_file", "height", "width", "segments")}
+    columns: dict[str, list] = {
+        k: [] for k in ("image_id", "image_file", "annotation_file", "height", "width", "segments")
+    }
     problems, annotated = [], Counter()
     for position, annotation in enumerate(document["annotations"]):
         png = panoptic_dir / str(annotation.get("file_name", f"<annotation {position} without file_name>"))
         image = images.get(annotation.get("image_id"))
         annotated[annotation.get("image_id")] += 1
         if image is None:
-            problems.append(f"{annotation_file}: annotation {position} ({png.name}) has image_id {annotation.get('image_id')!r}, which is not in 'images'")
+            problems.append(
+                f"{annotation_file}: annotation {position} ({png.name}) has image_id "
+                f"{annotation.get('image_id')!r}, which is not in 'images'"
+            )
         segments = []
         for index, segment in enumerate(annotation.get("segments_info", [])):
             if "id" not in segment or "category_id" not in segment:
                 problems.append(f"{png}: segments_info[{index}] needs 'id' and 'category_id', got {segment}")
                 continue
             if segment["category_id"] not in category_to_label:
-                problems.append(f"{png}: segment {segment['id']} has category_id {segment['category_id']}, not in the categories of {annotation_file.name}")
-            segments.append({"id": int(segment["id"]), "category_id": int(segment["category_id"]), "iscrowd": bool(segment.get("iscrowd", 0))})
+                problems.append(
+                    f"{png}: segment {segment['id']} has category_id {segment['category_id']}, not in the "
+                    f"categories of {annotation_file.name}"
+                )
+            segments.append(
+                {
+                    "id": int(segment["id"]),
+                    "category_id": int(segment["category_id"]),
+                    "iscrowd": bool(segment.get("iscrowd", 0)),
+                }
+            )
         repeated = sorted(i for i, count in Counter(s["id"] for s in segments).items() if count > 1)
         if repeated:
             problems.append(f"{png}: segment ids {repeated[:10]} are listed more than once in segments_info")
@@ -159,7 +194,11 @@ def load_coco_panoptic(
         columns["segments"].append(segments)
     problems += [f"{annotation_file}: image_id {i!r} has {n} annotations" for i, n in annotated.items() if n > 1]
     unannotated = [image.get("file_name") for image_id, image in images.items() if image_id not in annotated]
-    warnings = [f"{annotation_file}: {len(unannotated)} images have no annotation and are left out, e.g. {unannotated[:3]}"] if unannotated else []
+    warnings = (
+        [f"{annotation_file}: {len(unannotated)} images have no annotation and are left out, e.g. {unannotated[:3]}"]
+        if unannotated
+        else []
+    )
     for warning in warnings:
         logger.warning(warning)
 
@@ -218,7 +257,11 @@ class CocoInstanceSource(SegmentationSource):
                 rles.append(segmentation_to_rle(json.loads(annotation["segmentation"]), height, width))
             except Exception as error:
                 raise ValueError(f"annotation {annotation['id']}: {error}") from error
-        masks = np.ascontiguousarray(np.moveaxis(mask_utils.decode(rles), -1, 0)) if rles else np.zeros((0, height, width), bool)
+        masks = (
+            np.ascontiguousarray(np.moveaxis(mask_utils.decode(rles), -1, 0))
+            if rles
+            else np.zeros((0, height, width), bool)
+        )
         labels = np.array([self.category_to_label[a["category_id"]] for a in annotations], np.int64)
         target = MaskTarget(masks, labels, np.array([a["iscrowd"] for a in annotations], bool))
         return Sample(image, target, record["image_id"], record["image_file"])
@@ -241,7 +284,11 @@ def load_coco_instance(
     the JSON are collected (see `validate_dataset`), not raised, except a JSON that cannot be used at all."""
     root = Path(root)
     names = split_candidates(split)
-    images_dir = Path(images_dir) if images_dir else first_existing([root / n for n in names], f"image folder for split {split!r}")
+    images_dir = (
+        Path(images_dir)
+        if images_dir
+        else first_existing([root / n for n in names], f"image folder for split {split!r}")
+    )
     annotation_file = Path(annotation_file) if annotation_file else first_existing(
         [root / "annotations" / f"instances_{n}.json" for n in names], "instances JSON")  # fmt: skip
     document = _load_json(annotation_file)
@@ -284,7 +331,9 @@ def load_coco_instance(
         "image_file": datasets.Value("string"), "height": datasets.Value("int64"), "width": datasets.Value("int64"),
         "annotations": [_ANNOTATION],
     })  # fmt: skip
-    info = DatasetInfo(name=f"COCO instance {split} ({root})", task="instance", id2label=id2label, thing_ids=tuple(id2label))
+    info = DatasetInfo(
+        name=f"COCO instance {split} ({root})", task="instance", id2label=id2label, thing_ids=tuple(id2label)
+    )
     return CocoInstanceSource(
         records=datasets.Dataset.from_dict(columns, features=features), info=info,
         category_to_label=category_to_label, annotation_problems=problems,

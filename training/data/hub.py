@@ -34,7 +34,9 @@ def instance_mapping(value: Any) -> dict[int, int]:
         if isinstance(item, Mapping):
             label = item.get("label_id", item.get("category_id"))
             if "id" not in item or label is None:
-                raise ValueError(f"instance mapping entries need 'id' and 'label_id' (or 'category_id'), got {dict(item)}")
+                raise ValueError(
+                    f"instance mapping entries need 'id' and 'label_id' (or 'category_id'), got {dict(item)}"
+                )
             mapping[int(item["id"])] = int(label)
         else:
             instance_id, label = item
@@ -58,10 +60,14 @@ class HubSource(SegmentationSource):
         image = record[self.image_column]
         image = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)  # PIL image or array
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"column {self.image_column!r} must hold RGB uint8 images, got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"column {self.image_column!r} must hold RGB uint8 images, got {image.dtype} {image.shape}"
+            )
         annotation = np.asarray(record[self.annotation_column])
         if tuple(annotation.shape[:2]) != tuple(image.shape[:2]):
-            raise ValueError(f"column {self.annotation_column!r} is {annotation.shape[:2]} but the image is {image.shape[:2]}")
+            raise ValueError(
+                f"column {self.annotation_column!r} is {annotation.shape[:2]} but the image is {image.shape[:2]}"
+            )
         name = f"column {self.annotation_column!r}"
         num_labels, ignore = self.info.num_labels, self.info.ignore_index
         if self.kind == "semantic":
@@ -125,7 +131,9 @@ def from_hf_dataset(
         needed = "segments_info_column" if kind == "panoptic" else "mapping_column"
         raise ValueError(f"a {kind} data set needs {needed}")
     columns = dataset.column_names or []  # a stream may not know its columns before it is read
-    missing = [c for c in (image_column, annotation_column, extra_column) if c is not None and columns and c not in columns]
+    missing = [
+        c for c in (image_column, annotation_column, extra_column) if c is not None and columns and c not in columns
+    ]
     if missing:
         raise ValueError(f"columns {missing} are not in the data set; it has {dataset.column_names}")
     if id2label is None:

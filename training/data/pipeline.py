@@ -37,24 +37,13 @@ logger = logging.getLogger(__name__)
 FORMATS = ("coco_panoptic", "coco_instance", "ade20k", "cityscapes", "hf_disk")
 
 
-class TrainDataset(torch.utils.data.Dataset):
-    """Augmented training examples of `source` (see the module docstring).
+class _EpochAware:
+    """`info` of the wrapped source and the epoch, kept in shared memory so DataLoader workers (persistent ones too)
+    see `set_epoch`."""
 
-    The draws for source record `i` come from `sample_rng(seed, epoch, i)`; call `set_epoch` at the start of every
-    epoch (`EpochCallback` does it under `Trainer`). The epoch lives in shared memory, so persistent DataLoader
-    workers see the change. Records whose annotations hold no non-crowd segment are left out (with a warning).
-    """
+    source: SegmentationSource
 
-    def __init__(self, source: SegmentationSource, augmentation: AugmentationConfig, seed: int = 0) -> None:
-        self.source, self.augmentation, self.seed = source, augmentation, int(seed)
-        counts = source.training_segment_counts()
-        self.indices = np.arange(len(source)) if counts is None else np.flatnonzero(counts > 0)
-        left_out = len(source) - len(self.indices)
-        if left_out:
-            logger.warning("%s: %d of %d images have no non-crowd segment and are left out of training",
-                           source.info.name, left_out, len(source))  # fmt: skip
-        if len(self.indices) == 0:
-            raise ValueError(f"{source.info.name}: no image with a non-crowd segment to train on")
+    def __init__(self) -> None:
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -68,6 +57,27 @@ class TrainDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(int(epoch))
 
+
+class TrainDataset(_EpochAware, torch.utils.data.Dataset):
+    """Augmented training examples of `source` (see the module docstring).
+
+    The draws for source record `i` come from `sample_rng(seed, epoch, i)`; call `set_epoch` at the start of every
+    epoch (`EpochCallback` does it under `Trainer`). Records whose annotations hold no non-crowd segment are left
+    out (with a warning).
+    """
+
+    def __init__(self, source: SegmentationSource, augmentation: AugmentationConfig, seed: int = 0) -> None:
+        self.source, self.augmentation, self.seed = source, augmentation, int(seed)
+        counts = source.training_segment_counts()
+        self.indices = np.arange(len(source)) if counts is None else np.flatnonzero(counts > 0)
+        left_out = len(source) - len(self.indices)
+        if left_out:
+            logger.warning("%s: %d of %d images have no non-crowd segment and are left out of training",
+                           source.info.name, left_out, len(source))  # fmt: skip
+        if len(self.indices) == 0:
+            raise ValueError(f"{source.info.name}: no image with a non-crowd segment to train on")
+        super().__init__()
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -76,7 +86,9 @@ class TrainDataset(torch.utils.data.Dataset):
         return training_example(self.source[record], self.augmentation, sample_rng(self.seed, self.epoch, record))
 
 
-def training_example(sample: Sample, augmentation: AugmentationConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def training_example(
+    sample: Sample, augmentation: AugmentationConfig, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
     """The model's training input from one decoded sample (see the module docstring)."""
     try:
         image, target = augment(sample.image, sample.target, rng, augmentation)
@@ -105,7 +117,12 @@ def segmentation_and_segments(target: MaskTarget, thing_ids: Sequence[int]) -> t
 
 def evaluation_example(sample: Sample, info: DatasetInfo) -> dict[str, Any]:
     """The ground truth of one sample at original resolution, as the metrics take it (see the module docstring)."""
-    example = {"image": sample.image, "image_id": sample.image_id, "file_name": sample.file_name, "target": sample.target}
+    example = {
+        "image": sample.image,
+        "image_id": sample.image_id,
+        "file_name": sample.file_name,
+        "target": sample.target,
+    }
     if info.task == "panoptic":
         example["segmentation"], example["segments_info"] = segmentation_and_segments(sample.target, info.thing_ids)
     elif info.task == "semantic":
@@ -130,26 +147,20 @@ class EvalDataset(torch.utils.data.Dataset):
         return evaluation_example(self.source[index], self.info)
 
 
-class StreamingDataset(torch.utils.data.IterableDataset):
+class StreamingDataset(_EpochAware, torch.utils.data.IterableDataset):
     """Training (with `augmentation`) or evaluation (without) examples of a streamed `datasets.IterableDataset`
     (a `HubSource` built by `from_hf_dataset` on one). DataLoader workers and processes read disjoint shards, as
     `datasets` splits them. A sample's augmentation draws come from `sample_rng(seed, epoch, key)`, with `key` a hash
     of its decoded pixels, so they do not depend on which worker reads it either."""
 
-    def __init__(self, source: SegmentationSource, augmentation: AugmentationConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, source: SegmentationSource, augmentation: AugmentationConfig | None = None, seed: int = 0
+    ) -> None:
         self.source, self.augmentation, self.seed = source, augmentation, int(seed)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def info(self) -> DatasetInfo:
-        return self.source.info
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
+        super().__init__()
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
+        super().set_epoch(epoch)
         if hasattr(self.source.records, "set_epoch"):  # reshuffles a shuffled stream
             self.source.records.set_epoch(int(epoch))
 
@@ -241,7 +252,9 @@ def _is_stream(source: SegmentationSource) -> bool:
     return isinstance(source.records, datasets.IterableDataset)
 
 
-def _as_source(data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None, validate: bool) -> SegmentationSource:
+def _as_source(
+    data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None, validate: bool
+) -> SegmentationSource:
     source = data if isinstance(data, SegmentationSource) else load_source(data, split, format, task)
     if validate and not _is_stream(source):  # a stream is checked as it is read
         from .validation import validate_dataset

@@ -24,7 +24,8 @@ ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet", "sidewalk",
     "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water", "painting", "sofa",
     "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
-    "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand",
+    "sink",
     "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow",
     "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower", "book",
     "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
@@ -74,9 +75,13 @@ class SemanticSource(SegmentationSource):
         values = np.unique(raw)
         invalid = [int(v) for v in values if v >= len(self.lookup) or self.lookup[v] < 0]
         if invalid:
-            raise ValueError(f"{record['annotation_file']} holds label values {invalid[:10]} that this data set does not define")
+            raise ValueError(
+                f"{record['annotation_file']} holds label values {invalid[:10]} that this data set does not define"
+            )
         classes = self.lookup[raw]
-        target = semantic_target(classes, self.info.ignore_index, self.info.num_labels, source=record["annotation_file"])
+        target = semantic_target(
+            classes, self.info.ignore_index, self.info.num_labels, source=record["annotation_file"]
+        )
         return Sample(image, target, record["image_id"], record["image_file"])
 
     def files(self, record: dict[str, Any]) -> list[FileCheck]:
@@ -140,7 +145,9 @@ def load_semantic_folder(
 _ADE20K_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
 
-def load_ade20k(root: str | os.PathLike, split: str = "train", id2label: Mapping[int, str] | None = None) -> SemanticSource:
+def load_ade20k(
+    root: str | os.PathLike, split: str = "train", id2label: Mapping[int, str] | None = None
+) -> SemanticSource:
     """ADE20K (SceneParsing, `ADEChallengeData2016`): `images/{training,validation}/*.jpg` with
     `annotations/{training,validation}/*.png`; PNG value 0 is unlabelled and values 1..K become classes 0..K-1
     (K = 150 with the ADE20K names unless `id2label` is given)."""

@@ -99,7 +99,9 @@ def _stuff_pixels(rng: np.random.Generator, layout: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _thing_polygon(rng: np.random.Generator, kind: int, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+def _thing_polygon(
+    rng: np.random.Generator, kind: int, cx: float, cy: float, radius: float
+) -> list[tuple[float, float]]:
     """Vertices of a disc (32-gon ellipse), rotated box, triangle or cross centred at (cx, cy)."""
     if kind == 0:
         angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
@@ -111,7 +113,9 @@ def _thing_polygon(rng: np.random.Generator, kind: int, cx: float, cy: float, ra
         points = np.array([[0.0, -1.0], [1.0, 0.9], [-1.0, 0.9]])
     else:
         a = 0.3  # half the arm width
-        points = np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a]])
+        points = np.array(
+            [[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a]]
+        )
     angle = rng.uniform(-0.35, 0.35)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     points = points @ rotation.T * radius + np.array([cx, cy])
@@ -238,7 +242,9 @@ def write_synthetic_coco_panoptic(
     segment ids; the ids are random in [1, 256^3) so all three channels are used). Returns `root`."""
     root = Path(root)
     counts = {"train": num_train, "val": num_val}
-    documents = {split: {"images": [], "annotations": [], "categories": _categories(CLASS_NAMES, True)} for split in counts}
+    documents = {
+        split: {"images": [], "annotations": [], "categories": _categories(CLASS_NAMES, True)} for split in counts
+    }
     for split in counts:
         (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
         (root / "annotations" / f"panoptic_{split}2017").mkdir(parents=True, exist_ok=True)
@@ -259,7 +265,9 @@ def write_synthetic_coco_panoptic(
         scene.image.save(root / f"{split}2017" / f"{stem}.jpg", quality=95, subsampling=0)
         Image.fromarray(id_to_rgb(id_map)).save(root / "annotations" / f"panoptic_{split}2017" / f"{stem}.png")
         documents[split]["images"].append({"id": index + 1, "file_name": f"{stem}.jpg", "height": size, "width": size})
-        documents[split]["annotations"].append({"image_id": index + 1, "file_name": f"{stem}.png", "segments_info": segments_info})
+        documents[split]["annotations"].append(
+            {"image_id": index + 1, "file_name": f"{stem}.png", "segments_info": segments_info}
+        )
     for split, document in documents.items():
         _write_json(root / "annotations" / f"panoptic_{split}2017.json", document)
     return root
@@ -291,7 +299,9 @@ def write_synthetic_coco_instance(
     can); a crowd thing by the uncompressed RLE of its visible pixels, as COCO stores crowds. Returns `root`."""
     root = Path(root)
     counts = {"train": num_train, "val": num_val}
-    documents = {split: {"images": [], "annotations": [], "categories": _categories(THING_CLASSES, False)} for split in counts}
+    documents = {
+        split: {"images": [], "annotations": [], "categories": _categories(THING_CLASSES, False)} for split in counts
+    }
     for split in counts:
         (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
     scenes = _scenes(root, counts, seed, "synthetic COCO instance", size=size, difficulty=difficulty,
@@ -310,7 +320,8 @@ def write_synthetic_coco_instance(
             annotations = documents[split]["annotations"]
             annotations.append({
                 "id": len(annotations) + 1, "image_id": index + 1, "category_id": CATEGORY_IDS[segment["category_id"]],
-                "iscrowd": segment["iscrowd"], "segmentation": segmentation, "area": int(visible.sum()), "bbox": _bbox(visible),
+                "iscrowd": segment["iscrowd"], "segmentation": segmentation, "area": int(visible.sum()),
+                "bbox": _bbox(visible),
             })  # fmt: skip
     for split, document in documents.items():
         _write_json(root / "annotations" / f"instances_{split}2017.json", document)
@@ -328,9 +339,13 @@ def write_synthetic_ade20k(
     for folder in folders.values():
         (root / "images" / folder).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / folder).mkdir(parents=True, exist_ok=True)
-    scenes = _scenes(root, {"train": num_train, "val": num_val}, seed, "synthetic ADE20K", size=size, difficulty=difficulty)
+    scenes = _scenes(
+        root, {"train": num_train, "val": num_val}, seed, "synthetic ADE20K", size=size, difficulty=difficulty
+    )
     for split, _index, stem, scene in scenes:
         name = f"{prefixes[split]}_{stem[-8:]}"
         scene.image.save(root / "images" / folders[split] / f"{name}.jpg", quality=95, subsampling=0)
-        Image.fromarray((scene.semantic_map + 1).astype(np.uint8)).save(root / "annotations" / folders[split] / f"{name}.png")
+        Image.fromarray((scene.semantic_map + 1).astype(np.uint8)).save(
+            root / "annotations" / folders[split] / f"{name}.png"
+        )
     return root

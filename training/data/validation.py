@@ -76,9 +76,13 @@ def _check_record(source: SegmentationSource, record: dict[str, Any]) -> list[st
             continue
         if check.size is not None:  # the annotations give the size
             if size != tuple(check.size):
-                problems.append(f"{check.path}: is {size[0]}x{size[1]} but the annotations say {check.size[0]}x{check.size[1]}")
+                problems.append(
+                    f"{check.path}: is {size[0]}x{size[1]} but the annotations say {check.size[0]}x{check.size[1]}"
+                )
         elif sizes and size != sizes[0][1]:  # else the record's files must agree
-            problems.append(f"{check.path}: is {size[0]}x{size[1]} but {sizes[0][0]} is {sizes[0][1][0]}x{sizes[0][1][1]}")
+            problems.append(
+                f"{check.path}: is {size[0]}x{size[1]} but {sizes[0][0]} is {sizes[0][1][0]}x{sizes[0][1][1]}"
+            )
         sizes.append((check.path, size))
     return problems
 
@@ -114,7 +118,9 @@ def validate_dataset(
     ) as bar:  # fmt: skip
         num_files, unreadable = 0, set()
         if columns:
-            for offset, batch in zip(range(0, num_records, 1024), source.records.select_columns(columns).iter(batch_size=1024)):
+            for offset, batch in zip(
+                range(0, num_records, 1024), source.records.select_columns(columns).iter(batch_size=1024)
+            ):
                 records = [dict(zip(batch, values)) for values in zip(*batch.values())]
                 num_files += sum(len(source.files(record)) for record in records)
                 for index, found in enumerate(pool.map(lambda record: _check_record(source, record), records), offset):
