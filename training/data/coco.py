@@ -51,6 +51,11 @@ def first_existing(candidates: list[Path], what: str) -> Path:
     raise FileNotFoundError(f"no {what} found; looked for " + ", ".join(str(c) for c in candidates))
 
 
+def _path(given: str | os.PathLike | None, candidates: list[Path], what: str) -> Path:
+    """`given`, or the first of the official layout's `candidates` that exists."""
+    return Path(given) if given else first_existing(candidates, what)
+
+
 def _load_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as file:
@@ -83,9 +88,11 @@ def contiguous_categories(
     return category_to_label, id2label, thing_ids
 
 
-def _image_ids(values: list[Any]) -> list[Any]:
-    """Integer image ids stay integers; anything else becomes a string (one column type)."""
-    return values if all(isinstance(v, int) for v in values) else [str(v) for v in values]
+def _image_id_column(values: list[Any]) -> tuple[list[Any], datasets.Value]:
+    """Image ids and their column type: integers stay integers, anything else becomes a string."""
+    if all(isinstance(v, int) for v in values):
+        return values, datasets.Value("int64")
+    return [str(v) for v in values], datasets.Value("string")
 
 
 @dataclass(kw_only=True)
@@ -135,18 +142,11 @@ def load_coco_panoptic(
     cannot be used at all."""
     root = Path(root)
     names = split_candidates(split)
-    images_dir = (
-        Path(images_dir)
-        if images_dir
-        else first_existing([root / n for n in names], f"image folder for split {split!r}")
+    images_dir = _path(images_dir, [root / n for n in names], f"image folder for split {split!r}")
+    annotation_file = _path(
+        annotation_file, [root / "annotations" / f"panoptic_{n}.json" for n in names], "panoptic JSON"
     )
-    annotation_file = (
-        Path(annotation_file)
-        if annotation_file
-        else first_existing([root / "annotations" / f"panoptic_{n}.json" for n in names], "panoptic JSON")
-    )
-    panoptic_dir = Path(panoptic_dir) if panoptic_dir else first_existing(
-        [root / "annotations" / f"panoptic_{n}" for n in names], "panoptic PNG folder")  # fmt: skip
+    panoptic_dir = _path(panoptic_dir, [root / "annotations" / f"panoptic_{n}" for n in names], "panoptic PNG folder")
     document = _load_json(annotation_file)
     category_to_label, id2label, thing_ids = contiguous_categories(
         document["categories"], annotation_file, need_isthing=True
@@ -194,24 +194,22 @@ def load_coco_panoptic(
         columns["segments"].append(segments)
     problems += [f"{annotation_file}: image_id {i!r} has {n} annotations" for i, n in annotated.items() if n > 1]
     unannotated = [image.get("file_name") for image_id, image in images.items() if image_id not in annotated]
-    warnings = (
-        [f"{annotation_file}: {len(unannotated)} images have no annotation and are left out, e.g. {unannotated[:3]}"]
-        if unannotated
-        else []
-    )
-    for warning in warnings:
-        logger.warning(warning)
+    left_out = []
+    if unannotated:
+        left_out.append(f"{annotation_file}: {len(unannotated)} images have no annotation and are left out, e.g. "
+                        f"{unannotated[:3]}")  # fmt: skip
+        logger.warning(left_out[0])
 
-    columns["image_id"] = _image_ids(columns["image_id"])
+    columns["image_id"], image_id_type = _image_id_column(columns["image_id"])
     features = datasets.Features({
-        "image_id": datasets.Value("int64" if all(isinstance(v, int) for v in columns["image_id"]) else "string"),
+        "image_id": image_id_type,
         "image_file": datasets.Value("string"), "annotation_file": datasets.Value("string"),
         "height": datasets.Value("int64"), "width": datasets.Value("int64"), "segments": [_SEGMENT],
     })  # fmt: skip
     info = DatasetInfo(name=f"COCO panoptic {split} ({root})", task="panoptic", id2label=id2label, thing_ids=thing_ids)
     return CocoPanopticSource(
         records=datasets.Dataset.from_dict(columns, features=features), info=info, category_to_label=category_to_label,
-        annotation_problems=problems, warnings=warnings,
+        annotation_problems=problems, warnings=left_out,
     )  # fmt: skip
 
 
@@ -284,13 +282,10 @@ def load_coco_instance(
     the JSON are collected (see `validate_dataset`), not raised, except a JSON that cannot be used at all."""
     root = Path(root)
     names = split_candidates(split)
-    images_dir = (
-        Path(images_dir)
-        if images_dir
-        else first_existing([root / n for n in names], f"image folder for split {split!r}")
+    images_dir = _path(images_dir, [root / n for n in names], f"image folder for split {split!r}")
+    annotation_file = _path(
+        annotation_file, [root / "annotations" / f"instances_{n}.json" for n in names], "instances JSON"
     )
-    annotation_file = Path(annotation_file) if annotation_file else first_existing(
-        [root / "annotations" / f"instances_{n}.json" for n in names], "instances JSON")  # fmt: skip
     document = _load_json(annotation_file)
     category_to_label, id2label, _ = contiguous_categories(document["categories"], annotation_file, need_isthing=False)
     images = {image.get("id"): image for image in document["images"]}
@@ -318,7 +313,7 @@ def load_coco_instance(
         if missing:
             problems.append(f"{annotation_file}: image {image_id!r} has no {missing}")
 
-    image_ids = _image_ids(list(images))
+    image_ids, image_id_type = _image_id_column(list(images))
     columns = {
         "image_id": image_ids,
         "image_file": [str(images_dir / str(image.get("file_name", ""))) for image in images.values()],
@@ -327,7 +322,7 @@ def load_coco_instance(
         "annotations": list(by_image.values()),
     }
     features = datasets.Features({
-        "image_id": datasets.Value("int64" if all(isinstance(v, int) for v in image_ids) else "string"),
+        "image_id": image_id_type,
         "image_file": datasets.Value("string"), "height": datasets.Value("int64"), "width": datasets.Value("int64"),
         "annotations": [_ANNOTATION],
     })  # fmt: skip

@@ -273,7 +273,7 @@ def make_train_dataset(
     format: str | None = None,
     task: str | None = None,
     validate: bool = True,
-) -> TrainDataset:
+) -> TrainDataset | StreamingDataset:
     """The training data set of a source or a data set folder (a `StreamingDataset` for a streamed source).
     `augmentation` defaults to the authors' recipe for the task (`recipe_augmentation`); `validate` runs the fast
     validation pass first (raises on problems)."""
@@ -291,7 +291,7 @@ def make_eval_dataset(
     format: str | None = None,
     task: str | None = None,
     validate: bool = True,
-) -> EvalDataset:
+) -> EvalDataset | StreamingDataset:
     """The evaluation data set of a source or a data set folder (see `make_train_dataset`)."""
     source = _as_source(data, split, format, task, validate)
     return StreamingDataset(source) if _is_stream(source) else EvalDataset(source)

@@ -138,7 +138,8 @@ def _thing_colour(rng: np.random.Generator, kind: int, difficulty: float) -> np.
 def synthetic_scene(
     seed: int | tuple[int, ...], size: int = 128, difficulty: float = 0.3, max_things: int = 4, crowd_prob: float = 0.0
 ) -> SyntheticScene:
-    """A deterministic scene for `seed`: 2-3 textured stuff regions and 1..`max_things` overlapping things.
+    """A deterministic scene for `seed`: 2-3 textured stuff regions and 1..`max_things + round(2 * difficulty)`
+    overlapping things.
 
     A thing is placed only if every thing below it keeps at least half of its area visible; each thing is marked
     crowd with probability `crowd_prob`.

@@ -1,15 +1,15 @@
 """The validation pass run before training: every problem of a data set, each naming its file, in one error.
 
 Fast by default: the problems found while reading the annotation files (unknown images or categories, repeated
-segment ids, files without partner), then for every record that its files exist, open as images (header only),
-and have the size the annotations give and their partner has; the first `sample_decodes` records are also fully
+segment ids), then for every record that its files exist, open as images (header only), and have the size the
+annotations give (or else the size of the record's other files); the first `sample_decodes` records are also fully
 decoded. With `decode=True` every record is decoded as training would (catches corrupt pixel data and PNG segment
-ids missing from `segments_info`).
+ids missing from `segments_info`). A record whose files failed these checks is not decoded, so each broken file is
+reported once.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +21,10 @@ from tqdm.auto import tqdm
 
 from .base import SampleError, SegmentationSource
 
-logger = logging.getLogger(__name__)
-
-
 @dataclass
 class ValidationReport:
-    """What `validate_dataset` found: `problems` (each "file: what is wrong") and `warnings` (what was left out)."""
+    """What `validate_dataset` found: `problems` (each "file: what is wrong") and `warnings` (what the reader left
+    out, already logged when it read the annotations)."""
 
     name: str
     num_records: int
@@ -127,14 +125,13 @@ def validate_dataset(
                     problems += found
                     unreadable.update([index] if found else [])
                 bar.update(len(records))
-        decoded = [index for index in to_decode if index not in unreadable]  # report a broken file once
+        decoded = [index for index in to_decode if index not in unreadable]
+        bar.total -= len(to_decode) - len(decoded)
         for found in pool.map(lambda index: _decode_record(source, index), decoded):
             problems += found
             bar.update()
     report = ValidationReport(source.info.name, num_records, num_files, len(decoded), problems, list(source.warnings),
                               time.perf_counter() - start)  # fmt: skip
-    for warning in report.warnings:
-        logger.warning(warning)
     if problems and raise_on_problems:
         raise DatasetValidationError(report, max_reported)
     return report
