@@ -109,20 +109,27 @@ def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
 
 def adjust_hue(image: np.ndarray, shift: float) -> np.ndarray:
     """Rotate the HSV hue by `shift` turns (in [-0.5, 0.5]); saturation and value stay."""
-    rgb = image.astype(np.float32) / 255
-    value, low = rgb.max(-1), rgb.min(-1)
-    chroma = value - low
-    safe = np.where(chroma > 0, chroma, 1)
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    hue = np.where(
-        value == red, (green - blue) / safe, np.where(value == green, 2 + (blue - red) / safe, 4 + (red - green) / safe)
+    red, green, blue = image.transpose(2, 0, 1).astype(np.float32)  # (H, W) planes in 0..255
+    value = np.maximum(np.maximum(red, green), blue)
+    chroma = value - np.minimum(np.minimum(red, green), blue)
+    inverse = 1 / np.maximum(chroma, 1)  # chroma is 0 (grey) or >= 1 on uint8 input
+    hue = np.where(  # in sextants: 0 red, 2 green, 4 blue
+        value == red,
+        (green - blue) * inverse,
+        np.where(value == green, (blue - red) * inverse + 2, (red - green) * inverse + 4),
     )
-    hue = (hue / 6 + shift) % 1.0
-    # HSV -> RGB: channel n in (5, 3, 1) for (R, G, B) is value - chroma * clip(min(k, 4 - k), 0, 1),
-    # with k = (n + 6 hue) % 6
-    k = (np.array([5, 3, 1], np.float32) + 6 * hue[..., None]) % 6
-    out = value[..., None] - chroma[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1)
-    return (np.clip(out, 0, 1) * np.float32(255.999)).astype(np.uint8)
+    hue = np.remainder(hue + np.float32(6 * shift), 6)
+    # back to RGB: channel n in (5, 3, 1) for (R, G, B) is value - chroma * clip(min(k, 4 - k), 0, 1) with
+    # k = (n + hue) % 6, scaled by 255.999 / 255 and truncated, as torchvision converts [0, 1] floats to uint8
+    value *= np.float32(255.999 / 255)
+    chroma *= np.float32(255.999 / 255)
+    out = np.empty(image.shape, np.uint8)
+    k = np.empty_like(hue)
+    for channel, n in enumerate((5, 3, 1)):
+        np.add(hue, n, out=k)
+        np.subtract(k, 6, out=k, where=k >= 6)
+        out[..., channel] = value - chroma * np.clip(np.minimum(k, 4 - k), 0, 1)  # in [0, 255.999): truncates
+    return out
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, config: AugmentationConfig) -> np.ndarray:
