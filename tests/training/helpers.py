@@ -11,10 +11,10 @@ from tests.modeling.helpers import perturb_, tiny_config
 IMAGE_SIZE = 32  # 2x2 patches, 8x8 mask logits: the smallest input that exercises everything
 
 
-def tiny_segmentation_model(seed: int = 0, **overrides) -> EoMTForUniversalSegmentation:
+def tiny_segmentation_model(seed: int = 0, variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
     """A perturbed tiny EoMT (3 layers, 2 masked blocks, 5 queries, 4 classes), identical for the same seed."""
     torch.manual_seed(seed)
-    return perturb_(EoMTForUniversalSegmentation(tiny_config("dinov2-registers-swiglu", **overrides)))
+    return perturb_(EoMTForUniversalSegmentation(tiny_config(variant, **overrides)))
 
 
 def random_targets(sizes: list[int], height: int, width: int, num_labels: int = 4, seed: int = 0):
