@@ -102,6 +102,16 @@ def test_point_sampling_compares_full_resolution_targets_with_quarter_resolution
     assert torch.allclose(sample_points(fine, points).reshape(1, 2, 32, 32), fine, atol=1e-6)
 
 
+@pytest.mark.parametrize("shared_points", [True, False])
+def test_target_sampling_equals_grid_sample(shared_points):
+    masks = torch.rand(3, 20, 28) > 0.5
+    points = torch.rand(1 if shared_points else 3, 500, 2)
+    points[:, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.999, 0.001]])  # corners: zero padding
+    expected = sample_points(masks[:, None].float(), points.expand(3, -1, -1))[:, 0]
+    assert torch.allclose(loss_module.sample_target_points(masks, points), expected, atol=1e-6)
+    assert loss_module.sample_target_points(masks[:0], points[:1]).shape == (0, 500)
+
+
 # ---- loss ----------------------------------------------------------------------------------------------------------------
 
 
