@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from .metrics.distributed import all_reduce_sum, is_distributed
+
 # Stand-in for NaN / inf costs: such a pair is only assigned when nothing finite is left.
 _INVALID_COST = 1e8
 
@@ -267,10 +269,9 @@ class HungarianMatcher(nn.Module):
 def average_across_processes(count: float, device: torch.device) -> Tensor:
     """`count` averaged over the processes of the default `torch.distributed` group (itself when not distributed)."""
     value = torch.tensor(float(count), dtype=torch.float32, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
+    if not is_distributed():
+        return value
+    return all_reduce_sum([value])[0] / dist.get_world_size()
 
 
 class MaskClassificationLoss(nn.Module):

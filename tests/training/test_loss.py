@@ -183,12 +183,11 @@ def test_num_masks_is_averaged_across_processes(monkeypatch):
     torch.manual_seed(0)
     _, single = criterion(masks[0], classes[0], mask_labels, class_labels)
 
-    def all_reduce(tensor):  # another process holds 6 target masks: average (2 + 6) / 2 = 4
+    def all_reduce(tensor, op=None):  # another process holds 6 target masks: average (2 + 6) / 2 = 4
         tensor.add_(6.0)
 
-    monkeypatch.setattr(loss_module.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(loss_module.dist, "all_reduce", all_reduce)
-    monkeypatch.setattr(loss_module.dist, "get_world_size", lambda: 2)
+    for name, value in dict(is_initialized=lambda: True, get_world_size=lambda: 2, get_backend=lambda: "gloo", all_reduce=all_reduce).items():
+        monkeypatch.setattr(torch.distributed, name, value)
     torch.manual_seed(0)
     _, averaged = criterion(masks[0], classes[0], mask_labels, class_labels)
     assert averaged["loss_mask"].item() == pytest.approx(single["loss_mask"].item() * 2 / 4, rel=1e-6)
