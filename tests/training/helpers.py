@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -9,6 +10,16 @@ from modeling_eomt import EoMTForUniversalSegmentation
 from tests.modeling.helpers import perturb_, tiny_config
 
 IMAGE_SIZE = 32  # 2x2 patches, 8x8 mask logits: the smallest input that exercises everything
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test: tiny models run several times faster than with 2 threads on a shared machine
+    (no threads spinning while they wait for a core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_segmentation_model(seed: int = 0, variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:

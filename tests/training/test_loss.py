@@ -12,10 +12,12 @@ from transformers.models.eomt.modeling_eomt import EomtLoss
 import training.loss as loss_module
 from modeling_eomt import EoMTForUniversalSegmentation
 from tests.modeling.helpers import perturb_
-from tests.training.helpers import random_targets
+from tests.training.helpers import random_targets, single_thread  # noqa: F401 (fixture)
 from training.loss import HungarianMatcher, MaskClassificationLoss, sample_points
 
 WEIGHTS = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---- direct computations: float64, one pair / one query at a time ----------------------------------------------------

@@ -5,8 +5,10 @@ import re
 import pytest
 import torch
 
-from tests.training.helpers import tiny_segmentation_model
+from tests.training.helpers import single_thread, tiny_segmentation_model  # noqa: F401 (fixture)
 from training.optim import layer_decay_parameter_groups, two_stage_warmup_poly_factor, two_stage_warmup_poly_schedule
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def expected_lr_scale_and_stage(name, num_layers=3, decay=0.8):

@@ -5,13 +5,21 @@ import torch
 from transformers import ViTImageProcessor
 
 from modeling_eomt import EoMTForUniversalSegmentation
-from tests.training.helpers import IMAGE_SIZE, SegmentationExamples, random_targets, tiny_segmentation_model
+from tests.training.helpers import (  # noqa: F401 (single_thread is a fixture)
+    IMAGE_SIZE,
+    SegmentationExamples,
+    random_targets,
+    single_thread,
+    tiny_segmentation_model,
+)
 from training.annealing import MaskAnnealingCallback
 from training.loss import MaskClassificationLoss
 from training.optim import two_stage_warmup_poly_factor
 from training.trainer import RECIPE_DEFAULTS, EoMTDataCollator, EoMTTrainer, recipe_training_arguments
 
 LEVELS = ("", "_block0", "_block1")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_trainer(output_dir, model=None, dataset=None, num_points=64, **options):
