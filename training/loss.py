@@ -288,6 +288,9 @@ class MaskClassificationLoss(nn.Module):
     `torch.distributed` is initialised), at least 1. The final prediction and every intermediate one (deep supervision)
     are matched and supervised separately; the total is `class_weight * CE + mask_weight * BCE + dice_weight * dice`
     summed over levels. Computed in float32, outside autocast.
+
+    `num_points=None` uses every target pixel in the matcher and the loss, without importance sampling: a deterministic
+    loss (for tests and exact comparisons), too costly for training at full resolution.
     """
 
     def __init__(
@@ -383,7 +386,8 @@ class MaskClassificationLoss(nn.Module):
         total = masks_queries_logits.new_zeros((), dtype=torch.float32)
         with torch.autocast(device_type=masks_queries_logits.device.type, enabled=False):
             for suffix, masks, classes in levels:
-                losses = self.level_losses(masks.float(), classes.float(), mask_labels, class_labels, num_masks)
+                # Mask logits stay in their dtype: only the sampled points are converted (no float copy of all maps).
+                losses = self.level_losses(masks, classes.float(), mask_labels, class_labels, num_masks)
                 total = total + self.weighted_sum(losses)
                 components.update({f"{name}{suffix}": value for name, value in losses.items()})
         return total, components
@@ -418,10 +422,10 @@ class MaskClassificationLoss(nn.Module):
         device = masks_queries_logits.device
         batch_index = torch.cat([torch.full_like(rows, i) for i, (rows, _) in enumerate(indices)]).to(device)
         query_index = torch.cat([rows for rows, _ in indices]).to(device)
-        pred_masks = masks_queries_logits[batch_index, query_index][:, None]  # (M, 1, h, w)
+        pred_masks = masks_queries_logits[batch_index, query_index][:, None].float()  # (M, 1, h, w)
         num_matched = pred_masks.shape[0]
         if num_matched == 0:
-            zero = masks_queries_logits.sum() * 0.0  # keeps the graph: gradients flow (as zeros)
+            zero = masks_queries_logits.sum().float() * 0.0  # keeps the graph: gradients flow (as zeros)
             return {"loss_mask": zero, "loss_dice": zero}
 
         if self.num_points is None:
