@@ -58,21 +58,22 @@ def layer_decay_parameter_groups(
                 no_decay_ids.update(id(parameter) for parameter in module.parameters(recurse=False))
         no_decay_ids.update(id(p) for name, p in model.named_parameters() if _NO_DECAY_NAME.search(name))
 
-    # (name, lr scale, is_backbone) of every backbone parameter; the rest is "head".
-    backbone: dict[int, tuple[str, float, bool]] = {}
+    # (group name, lr scale) of every backbone parameter; everything else is "head" with the full lr.
+    backbone: dict[int, tuple[str, float]] = {}
     for parameter in encoder.embeddings.parameters():
-        backbone[id(parameter)] = ("backbone.embeddings", layer_decay ** (num_layers - 1), True)
+        backbone[id(parameter)] = ("backbone.embeddings", layer_decay ** (num_layers - 1))
     for index, layer in enumerate(encoder.layers):
         for parameter in layer.parameters():
-            backbone[id(parameter)] = (f"backbone.block{index}", layer_decay ** (num_layers - 1 - index), True)
+            backbone[id(parameter)] = (f"backbone.block{index}", layer_decay ** (num_layers - 1 - index))
     for parameter in encoder.layernorm.parameters():
-        backbone[id(parameter)] = ("backbone.norm", 1.0, True)
+        backbone[id(parameter)] = ("backbone.norm", 1.0)
 
     groups: dict[str, dict[str, Any]] = {}
     for parameter in model.parameters():
         if not parameter.requires_grad:
             continue
-        name, scale, is_backbone = backbone.get(id(parameter), ("head", 1.0, False))
+        is_backbone = id(parameter) in backbone
+        name, scale = backbone.get(id(parameter), ("head", 1.0))
         decay = 0.0 if id(parameter) in no_decay_ids else weight_decay
         key = name if decay == weight_decay else f"{name}.no_decay"
         if key not in groups:
