@@ -49,7 +49,7 @@ class MaskTarget:
 
     def non_empty(self) -> "MaskTarget":
         """Drop segments without pixels (e.g. cropped away)."""
-        return self.select(self.masks.reshape(len(self), -1).any(axis=1))
+        return self.select(self.masks.any(axis=(1, 2)))
 
     def semantic_map(self, ignore_index: int = 255) -> np.ndarray:
         """Class index per pixel `(H, W)`, `ignore_index` where no mask is set (later masks win on overlaps)."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,10 +12,9 @@ from torch import Tensor
 from transformers import PretrainedConfig
 
 from .configuration_eomt import EoMTConfig
-from .conversion import load_state_dict_from_directory, read_config_dict
-from .modeling_eomt import EoMTForUniversalSegmentation, EoMTModel, EoMTPreTrainedModel
+from .conversion import BACKBONE_MODEL_TYPES, KeyTaker, absorb_prefix_positions, load_backbone, rope_theta_of
+from .modeling_eomt import EoMTForUniversalSegmentation, EoMTModel, EoMTPreTrainedModel, interpolate_position_embeddings
 
-SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
 # Fields of our config that the backbone determines; overriding them would not match the pre-trained weights.
 BACKBONE_FIELDS = (
@@ -31,9 +29,9 @@ NEW_PARAMETER_PREFIXES = ("eomt.query.", "class_predictor.", "mask_head.", "upsc
 def _config_dict(backbone_config: PretrainedConfig | dict[str, Any]) -> dict[str, Any]:
     """The backbone config as a dict, checked to be of a supported model type."""
     config = backbone_config.to_dict() if isinstance(backbone_config, PretrainedConfig) else dict(backbone_config)
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+    if config.get("model_type") not in BACKBONE_MODEL_TYPES:
         raise ValueError(
-            f"unsupported backbone model_type {config.get('model_type')!r}: expected one of {SUPPORTED_MODEL_TYPES}"
+            f"unsupported backbone model_type {config.get('model_type')!r}: expected one of {BACKBONE_MODEL_TYPES}"
         )
     return config
 
@@ -55,10 +53,9 @@ def eomt_config_from_backbone(backbone_config: PretrainedConfig | dict[str, Any]
             raise ValueError("DINOv3 backbones with query_bias != value_bias are not supported")
         if not source.get("proj_bias", True) or not source.get("mlp_bias", True):
             raise ValueError("DINOv3 backbones without projection or MLP biases are not supported")
-        rope = source.get("rope_parameters") or {}
         fields.update(
             position_embedding_type="rope",
-            rope_theta=rope.get("rope_theta", source.get("rope_theta", 100.0)),
+            rope_theta=rope_theta_of(source),
             intermediate_size=source["intermediate_size"],
             ffn_type="glu" if source.get("use_gated_mlp") else "mlp",
             qkv_bias=source.get("query_bias", True),
@@ -92,16 +89,6 @@ def resize_patch_kernel(kernel: Tensor, new_size: int) -> Tensor:
     flat = kernel.float().reshape(-1, old_size * old_size)  # per (out, in) channel pair
     new_flat = flat @ torch.linalg.pinv(resize_matrix)  # w_new = pinv(M^T) w, as rows
     return new_flat.reshape(*kernel.shape[:2], new_size, new_size).to(kernel.dtype)
-
-
-def resample_position_embeddings(positions: Tensor, side: int, grid: tuple[int, int], antialias: bool) -> Tensor:
-    """Patch position embeddings `(1, side * side, C)` resampled bicubically (in fp32) to `(1, h * w, C)`."""
-    if (side, side) == tuple(grid):
-        return positions
-    dim = positions.shape[-1]
-    square = positions.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
-    resized = F.interpolate(square, size=tuple(grid), mode="bicubic", align_corners=False, antialias=antialias)
-    return resized.to(positions.dtype).permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
 
 
 def _rename_legacy_dinov2_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -138,13 +125,9 @@ def convert_backbone_state_dict(
     else:
         state = _rename_legacy_dinov2_keys(state_dict)
     state.pop("embeddings.mask_token", None)
-    missing: list[str] = []
+    keys = KeyTaker(state)
+    take = keys.take
     out: dict[str, Tensor] = {}
-
-    def take(key: str, optional: bool = False) -> Tensor | None:
-        if key not in state and not optional:
-            missing.append(key)
-        return state.pop(key, None)
 
     cls_token = take("embeddings.cls_token")
     registers = take("embeddings.register_tokens", optional=not source.get("num_register_tokens"))
@@ -158,14 +141,14 @@ def convert_backbone_state_dict(
     if not dinov3:
         positions = take("embeddings.position_embeddings")
         if positions is not None and cls_token is not None:
-            cls_token = cls_token + positions[:, :1]  # our class token carries no position embedding
             side = round((positions.shape[1] - 1) ** 0.5)
             if side * side != positions.shape[1] - 1:
                 raise ValueError(f"embeddings.position_embeddings of shape {tuple(positions.shape)} is not 1 + a square grid")
+            cls_token, positions = absorb_prefix_positions(cls_token, positions, 1)  # our class token has no position
             # As the source model interpolates at run time: DINOv2 with registers antialiases, plain DINOv2 does not.
             antialias = source["model_type"] == "dinov2_with_registers"
-            out["embeddings.position_embeddings"] = resample_position_embeddings(
-                positions[:, 1:], side, eomt_config.grid_size, antialias
+            out["embeddings.position_embeddings"] = interpolate_position_embeddings(
+                positions, (side, side), eomt_config.grid_size, antialias=antialias
             )
     if cls_token is not None:
         out["embeddings.cls_token"] = cls_token
@@ -209,43 +192,8 @@ def convert_backbone_state_dict(
     for param in ("weight", "bias"):
         out[f"layernorm.{param}"] = take(f"{final_norm}.{param}")
 
-    problems = []
-    if missing:
-        problems.append(f"missing keys {sorted(missing)}")
-    if state:
-        problems.append(f"unexpected keys {sorted(state)}")
-    if problems:
-        raise ValueError(f"{source['model_type']} state dict does not match its config: " + "; ".join(problems))
+    keys.check(f"{source['model_type']} state dict does not match its config")
     return {key: value for key, value in out.items() if value is not None}
-
-
-def _download_backbone(repo_id: str, **hub_kwargs: Any) -> Path:
-    """Local snapshot of a Hub repo's `config.json` and weights (safetensors, else `pytorch_model*.bin`)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        directory = Path(snapshot_download(repo_id, allow_patterns=["config.json", "model*.safetensors*"], **hub_kwargs))
-        if not any(directory.glob("*.safetensors")):
-            directory = Path(snapshot_download(repo_id, allow_patterns=["config.json", "pytorch_model*.bin*"], **hub_kwargs))
-    except Exception as error:
-        raise OSError(f"{repo_id}: not a local directory and could not be fetched from the Hub ({error})") from error
-    return directory
-
-
-def load_backbone(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """State dict and config dict of a DINOv2 / DINOv3 checkpoint: a local `save_pretrained` directory (safetensors or
-    `pytorch_model.bin`, possibly sharded) or a Hub repo id (`hub_kwargs` go to `snapshot_download`)."""
-    path = Path(name_or_path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path}: expected a model directory (config.json + weights), got a file")
-    directory = path if path.is_dir() else _download_backbone(str(name_or_path), **hub_kwargs)
-    config = read_config_dict(directory)
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{directory}: unsupported backbone model_type {config.get('model_type')!r}: "
-            f"expected one of {SUPPORTED_MODEL_TYPES}"
-        )
-    return load_state_dict_from_directory(directory), config
 
 
 def init_from_backbone(

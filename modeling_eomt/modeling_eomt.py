@@ -88,13 +88,15 @@ class EoMTForUniversalSegmentationOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def interpolate_position_embeddings(position_embeddings: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+def interpolate_position_embeddings(
+    position_embeddings: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = False
+) -> Tensor:
     """Bicubically resample patch position embeddings `(1, old_h * old_w, C)` to `(1, new_h * new_w, C)` (in fp32)."""
     if tuple(old_grid) == tuple(new_grid):
         return position_embeddings
     dim = position_embeddings.shape[-1]
     grid = position_embeddings.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
     return grid.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
 
 

@@ -21,6 +21,26 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from modeling_eomt.conversion import convert_checkpoint
+
+    overrides = {"num_attention_heads": args.num_heads, "image_size": args.image_size}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    model = convert_checkpoint(
+        args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset, **overrides
+    )
+    config = model.config
+    backbone = "DINOv3" if config.position_embedding_type == "rope" else "DINOv2"
+    print(
+        f"{backbone} ViT: hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
+        f"{config.num_attention_heads} heads, {config.num_register_tokens} registers, {config.ffn_type} FFN, "
+        f"patch {config.patch_size}, image {config.image_size}; {config.num_queries} queries, "
+        f"{config.num_labels} classes, masked attention in the last {config.num_blocks} blocks"
+    )
+    print(f"wrote {args.output}/ ({args.target_format} format)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eomt", description="EoMT: train, evaluate, run and convert segmentation models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -30,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--image-size", type=int, default=128, help="side of the generated image (multiple of 16)")
     quickstart.add_argument("--seed", type=int, default=0)
     quickstart.set_defaults(run=_quickstart)
+
+    convert = commands.add_parser("convert", help="convert the authors' original or transformers' EoMT checkpoints")
+    convert.add_argument("source", help="original .bin/.ckpt/.safetensors file, or a checkpoint directory or Hub id")
+    convert.add_argument("output", help="output directory")
+    convert.add_argument("--from", dest="source_format", default="auto", choices=("auto", "original", "transformers", "ours"))
+    convert.add_argument("--to", dest="target_format", default="ours", choices=("ours", "transformers"))
+    convert.add_argument("--num-heads", type=int, help="attention heads (default: width / 64, as in DINOv2/DINOv3)")
+    convert.add_argument("--image-size", type=int, help="input size (default: the stored grid; 640 for DINOv3)")
+    convert.add_argument("--dataset", choices=("coco_panoptic", "coco_instance", "ade20k", "cityscapes"), help="class names")
+    convert.add_argument("--delta-base", help="the DINOv3 checkpoint the authors' DINOv3 (delta) weights add to")
+    convert.set_defaults(run=_convert)
     return parser
 
 

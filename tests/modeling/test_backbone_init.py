@@ -190,3 +190,34 @@ def test_missing_and_unexpected_keys_are_named():
 def test_architecture_fields_cannot_be_overridden():
     with pytest.raises(ValueError, match="hidden_size"):
         eomt_config_from_backbone(Dinov2Config(**TINY), hidden_size=64)
+
+
+def patchwise_resize(pixel_values: torch.Tensor, patch: int, new_patch: int) -> torch.Tensor:
+    """Resize every `patch` x `patch` tile to `new_patch` x `new_patch` on its own (bicubic, antialiased): the input
+    for which FlexiViT's resized kernel reproduces the original patch embeddings."""
+    batch, channels, height, width = pixel_values.shape
+    rows, cols = height // patch, width // patch
+    tiles = pixel_values.reshape(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    tiles = F.interpolate(tiles.reshape(-1, channels, patch, patch), size=(new_patch, new_patch), mode="bicubic", antialias=True)
+    tiles = tiles.reshape(batch, rows, cols, channels, new_patch, new_patch).permute(0, 3, 1, 4, 2, 5)
+    return tiles.reshape(batch, channels, rows * new_patch, cols * new_patch)
+
+
+@pytest.mark.parametrize("model_type", ["dinov2", "dinov2_with_registers", "dinov3_vit"])
+def test_patch14_to_16_resampling_and_position_interpolation_keep_hidden_states(tmp_path, model_type):
+    """A patch-14 backbone stored for a 2x2 grid initialises a patch-16 EoMT for a 4x4 grid: on patch-wise resized
+    inputs, the hidden states before the queries join equal the source model's on the 4x4-grid original input."""
+    if model_type == "dinov3_vit":
+        config = DINOv3ViTConfig(**TINY, intermediate_size=48, image_size=28, patch_size=14, num_register_tokens=2, layer_norm_eps=1e-5)
+        reference = randomise(DINOv3ViTModel(config))
+    else:
+        reference = dinov2(model_type == "dinov2_with_registers", 28)
+    model = init_from_backbone(save(reference, tmp_path), EoMTModel, image_size=64, num_blocks=1, num_queries=3)
+    assert model.config.patch_size == 16 and model.embeddings.patch_embeddings.weight.shape[-1] == 16
+    if model_type != "dinov3_vit":
+        assert model.embeddings.position_embeddings.shape == (1, 16, 32)  # interpolated from the stored 2x2 grid
+    pixel_values = F.interpolate(torch.randn(2, 3, 8, 8), size=(56, 56), mode="bicubic")  # 4x4 patches of 14
+    ours = hidden_states(model, patchwise_resize(pixel_values, 14, 16))
+    theirs = hidden_states(reference, pixel_values)
+    for depth in range(model.first_query_block + 1):
+        torch.testing.assert_close(ours[depth], theirs[depth], atol=2e-4, rtol=0)  # a plain bicubic resize: ~0.2 off

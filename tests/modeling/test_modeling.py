@@ -223,6 +223,19 @@ def test_missing_keys_are_an_error_unless_heads_are_reinitialised(tmp_path):
     assert torch.equal(loaded.eomt.layers[1].norm1.weight, model.eomt.layers[1].norm1.weight)
 
 
+def test_unexpected_keys_are_an_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = EoMTForUniversalSegmentation(tiny_config("dinov2"))
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["eomt.layers.0.attention.k_norm.weight"] = torch.ones(16)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    for reinitialize_heads in (False, True):  # not a head: never ignored
+        with pytest.raises(ValueError, match=r"unexpected keys \['eomt.layers.0.attention.k_norm.weight'\]"):
+            EoMTForUniversalSegmentation.from_pretrained(tmp_path, reinitialize_heads=reinitialize_heads)
+
+
 def test_new_number_of_classes_needs_reinitialize_heads(tmp_path):
     model = perturb_(EoMTForUniversalSegmentation(tiny_config("dinov2")))
     model.save_pretrained(tmp_path)

@@ -1,0 +1,232 @@
+"""`EoMTTrainer`: `transformers.Trainer` with EoMT's loss, optimizer recipe and mask annealing, and its collator."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainingArguments
+
+from .annealing import MaskAnnealingCallback, unwrap_model
+from .loss import MaskClassificationLoss
+from .optim import layer_decay_parameter_groups, two_stage_warmup_poly_schedule
+
+logger = logging.getLogger(__name__)
+
+TARGET_KEYS = ("mask_labels", "class_labels")
+
+# The authors' recipe beyond transformers' defaults: AdamW lr 1e-4 and weight decay 0.05, gradient norm clipped at 0.01
+# (their Lightning `gradient_clip_val`).
+RECIPE_DEFAULTS = dict(learning_rate=1e-4, weight_decay=0.05, max_grad_norm=0.01)
+
+
+def recipe_training_arguments(output_dir: str = "trainer_output", **overrides: Any) -> TrainingArguments:
+    """`TrainingArguments` with the EoMT recipe's defaults (`RECIPE_DEFAULTS`); keyword arguments override them."""
+    return TrainingArguments(output_dir=output_dir, **{**RECIPE_DEFAULTS, **overrides})
+
+
+class EoMTDataCollator:
+    """Batches EoMT training examples: stacks `pixel_values` `(C, H, W)` into `(B, C, H, W)` and keeps the per-image
+    `mask_labels` `(n_i, H, W)` and `class_labels` `(n_i,)` as lists (images have different numbers of masks).
+    Any other key is kept as a list of the examples' values."""
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if len(features) == 0:
+            raise ValueError("EoMTDataCollator got an empty list of examples")
+        pixel_values = []
+        for index, feature in enumerate(features):
+            if "pixel_values" not in feature:
+                raise ValueError(f"example {index} has no 'pixel_values' (keys: {sorted(feature)})")
+            pixels = torch.as_tensor(feature["pixel_values"])
+            if pixels.ndim != 3 or (pixel_values and pixels.shape != pixel_values[0].shape):
+                expected = tuple(pixel_values[0].shape) if pixel_values else "(channels, height, width)"
+                raise ValueError(
+                    f"example {index}: pixel_values has shape {tuple(pixels.shape)}, expected {expected}; resize or pad "
+                    "the images of a batch to one size (the image processor does this)"
+                )
+            pixel_values.append(pixels)
+        batch: dict[str, Any] = {"pixel_values": torch.stack(pixel_values)}
+        if "mask_labels" in features[0]:
+            batch["mask_labels"] = [torch.as_tensor(feature["mask_labels"]) for feature in features]
+        if "class_labels" in features[0]:
+            batch["class_labels"] = [torch.as_tensor(feature["class_labels"]).long() for feature in features]
+        for key in features[0]:
+            if key not in batch:
+                batch[key] = [feature.get(key) for feature in features]
+        return batch
+
+
+class EoMTTrainer(Trainer):
+    """`Trainer` for `EoMTForUniversalSegmentation` with the authors' recipe by default.
+
+    - loss: `MaskClassificationLoss` (coefficients from the model config unless `loss_fn` is given) on every
+      prediction level, its components logged at logging steps (averaged since the last log);
+    - optimizer: `TrainingArguments.optim` (AdamW by default) over `layer_decay_parameter_groups` with
+      `args.learning_rate` and `args.weight_decay` (`recipe_training_arguments` sets the recipe's 1e-4 and 0.05);
+    - schedule: `two_stage_warmup_poly_schedule` over the training steps (`args.lr_scheduler_type` and
+      `args.warmup_*` are not used; pass `optimizers=(optimizer, scheduler)` to replace both);
+    - `MaskAnnealingCallback` (first in the callback list) unless `mask_annealing=False`;
+    - `EoMTDataCollator` unless another collator is given.
+
+    Batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `training.loss`). Evaluation is
+    `Trainer`'s default for now; a streaming evaluation can override `evaluation_loop` and call `loss_and_outputs`
+    batch by batch.
+
+    Args (besides `Trainer`'s):
+        loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(model.config)`.
+        layer_decay: layer-wise lr decay factor (0.8).
+        head_warmup_steps, backbone_warmup_steps, poly_power: the two-stage schedule (500, 1000, 0.9).
+        exclude_from_weight_decay: no weight decay on biases, norms, tokens, position embeddings and LayerScale
+            (the authors decay every parameter: False).
+        mask_annealing: True for the default `MaskAnnealingCallback()` (paper schedule derived from the number of
+            steps), a configured callback, or False to leave `attn_mask_probs` alone.
+    """
+
+    loss_is_scaled_for_ga = False  # the loss is a per-batch mean: `training_step` divides it by the accumulation steps
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        *,
+        loss_fn: MaskClassificationLoss | None = None,
+        layer_decay: float = 0.8,
+        head_warmup_steps: int = 500,
+        backbone_warmup_steps: int = 1000,
+        poly_power: float = 0.9,
+        exclude_from_weight_decay: bool = False,
+        mask_annealing: bool | MaskAnnealingCallback = True,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ValueError("EoMTTrainer needs a model (an EoMTForUniversalSegmentation)")
+        if args is None:
+            args = recipe_training_arguments()
+        elif args.weight_decay == 0.0 and args.learning_rate == _default_learning_rate():
+            logger.warning(
+                "TrainingArguments has transformers' default learning_rate=%g and weight_decay=0; the EoMT recipe uses "
+                "1e-4 and 0.05 (see training.trainer.recipe_training_arguments)", args.learning_rate,
+            )  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator if data_collator is not None else EoMTDataCollator(),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.loss_fn = loss_fn if loss_fn is not None else MaskClassificationLoss.from_config(unwrap_model(model).config)
+        self.layer_decay = layer_decay
+        self.head_warmup_steps = head_warmup_steps
+        self.backbone_warmup_steps = backbone_warmup_steps
+        self.poly_power = poly_power
+        self.exclude_from_weight_decay = exclude_from_weight_decay
+        self.label_names = list(TARGET_KEYS)  # kept by `remove_unused_columns`; eval computes `eval_loss`
+        self._install_annealing(mask_annealing)
+        self._component_sums: dict[str, Tensor] = {}
+        self._component_batches = 0
+
+    def _install_annealing(self, mask_annealing: bool | MaskAnnealingCallback) -> None:
+        """Put the annealing callback first, so that reporting integrations see the probabilities it logs."""
+        callbacks = self.callback_handler.callbacks
+        given = [callback for callback in callbacks if isinstance(callback, MaskAnnealingCallback)]
+        if isinstance(mask_annealing, MaskAnnealingCallback) and mask_annealing not in given:
+            given.append(mask_annealing)
+        if len(given) > 1:
+            raise ValueError("EoMTTrainer got more than one MaskAnnealingCallback")
+        if given and mask_annealing is False:
+            raise ValueError("mask_annealing=False but a MaskAnnealingCallback was passed in `callbacks`")
+        for callback in given:
+            if callback in callbacks:
+                callbacks.remove(callback)
+        if mask_annealing is not False:
+            callbacks.insert(0, given[0] if given else MaskAnnealingCallback())
+
+    # ---- loss ----
+
+    def loss_and_outputs(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor], Any]:
+        """Run the model on `inputs["pixel_values"]` and the loss on the targets: (loss, components, outputs)."""
+        missing = [key for key in ("pixel_values", *TARGET_KEYS) if key not in inputs]
+        if missing:
+            raise ValueError(
+                f"EoMTTrainer batches need pixel_values, mask_labels and class_labels; missing {missing} "
+                f"(batch keys: {sorted(inputs)}). Use EoMTDataCollator and keep those columns."
+            )
+        outputs = model(pixel_values=inputs["pixel_values"])
+        loss, components = self.loss_fn(
+            outputs.masks_queries_logits,
+            outputs.class_queries_logits,
+            inputs["mask_labels"],
+            inputs["class_labels"],
+            outputs.intermediate_masks_queries_logits,
+            outputs.intermediate_class_queries_logits,
+        )
+        outputs["loss"] = loss
+        return loss, components, outputs
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        loss, components, outputs = self.loss_and_outputs(model, inputs)
+        if model.training:
+            for name, value in components.items():
+                self._component_sums[name] = self._component_sums.get(name, 0.0) + value.detach()
+            self._component_batches += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the loss components, averaged over the batches since the last training log and over processes."""
+        if "loss" in logs and self._component_batches > 0:
+            names = list(self._component_sums)
+            values = torch.stack([self._component_sums[name] for name in names]) / self._component_batches
+            values = self.accelerator.reduce(values, reduction="mean")
+            logs.update({name: value for name, value in zip(names, values.tolist())})
+            self._component_sums, self._component_batches = {}, 0
+        super().log(logs, start_time)
+
+    # ---- optimizer and schedule ----
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """`args.optim` (AdamW by default) over the layer-wise lr decay groups."""
+        if self.optimizer is None:
+            opt_model = unwrap_model(self.model if model is None else model)
+            groups = layer_decay_parameter_groups(
+                opt_model,
+                learning_rate=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                layer_decay=self.layer_decay,
+                exclude_from_weight_decay=self.exclude_from_weight_decay,
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            unsupported = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+            if unsupported:
+                raise ValueError(
+                    f"optim={self.args.optim!r} builds its own parameter groups, which layer-wise lr decay cannot use; "
+                    "pass `optimizers=(optimizer, scheduler)` instead"
+                )
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The two-stage warm-up + polynomial decay over `num_training_steps`."""
+        if self.lr_scheduler is None:
+            self.lr_scheduler = two_stage_warmup_poly_schedule(
+                self.optimizer if optimizer is None else optimizer,
+                total_steps=num_training_steps,
+                head_warmup_steps=self.head_warmup_steps,
+                backbone_warmup_steps=self.backbone_warmup_steps,
+                power=self.poly_power,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+def _default_learning_rate() -> float:
+    return next(field.default for field in dataclasses.fields(TrainingArguments) if field.name == "learning_rate")
