@@ -404,20 +404,20 @@ class EoMTImageProcessor(BaseImageProcessor):
                 raise ValueError(f"target_sizes[{index}] must be a positive (height, width), got {(height, width)}")
         resized = [self._resized_size(original, settings) for original in originals]
         if windows:
-            window = settings["size"]["shortest_edge"]
-            return {"input_size": (window, window), "resized_sizes": resized}
-        if settings["do_pad"]:
-            side = self._input_side(settings["size"])
-            input_size = (side, side)
+            input_size = (settings["size"]["shortest_edge"],) * 2
+        elif settings["do_pad"]:
+            input_size = (self._input_side(settings["size"]),) * 2
         else:
             input_size = resized[0]
             if any(size_ != input_size for size_ in resized):
-                raise ValueError(f"without do_pad the images of a batch share one input size, but these resize to "
-                                 f"{sorted(set(resized))}: pass the original sizes of this batch")
+                raise ValueError(f"without do_pad a batch has one input size, but these images resize to "
+                                 f"{sorted(set(resized))}: the outputs cannot come from one batch of them")
         mask_height, mask_width = mask_logits.shape[-2:]
         if input_size[0] * mask_width != input_size[1] * mask_height:
             raise ValueError(f"mask logits of {mask_height}x{mask_width} cannot come from a {input_size[0]}x{input_size[1]} "
                              f"input: the processor's size / do_pad differ from the pre-processing of these outputs")
+        if windows:
+            return {"input_size": input_size, "resized_sizes": resized}
         return {"input_size": input_size, "valid_sizes": [(min(h, input_size[0]), min(w, input_size[1])) for h, w in resized]}
 
     @staticmethod
@@ -433,7 +433,8 @@ class EoMTImageProcessor(BaseImageProcessor):
         return list(offsets)
 
     def _no_windows(self, outputs: Any, task: str) -> None:
-        if _output(outputs, "patch_offsets") is not None and len(_output(outputs, "patch_offsets")):
+        offsets = _output(outputs, "patch_offsets")
+        if offsets is not None and len(offsets):
             raise ValueError(f"{task} segmentation needs whole images, but these outputs come from sliding windows "
                              f"(do_split_image=True): use post_process_semantic_segmentation (pipeline subtask='semantic')")
 
