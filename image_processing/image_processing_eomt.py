@@ -570,9 +570,7 @@ def _stack(pixel_values: list[torch.Tensor], return_tensors: str | None):
     if len(shapes) > 1:
         raise ValueError(f"cannot stack images of different sizes {shapes} into one tensor: use do_pad=True, or "
                          f"return_tensors=None for a list")
-    stacked = torch.stack(pixel_values)
-    if return_tensors == "np":
-        return stacked.numpy()
-    if return_tensors != "pt":
+    if return_tensors not in ("pt", "np"):
         raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
-    return stacked
+    stacked = np.stack([row.numpy() for row in pixel_values])  # numpy: no intra-op threads for a plain copy
+    return stacked if return_tensors == "np" else torch.from_numpy(stacked)
