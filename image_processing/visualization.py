@@ -68,3 +68,47 @@ def draw_segmentation(
     if path is not None:
         canvas.save(path, format="PNG")
     return canvas
+
+
+def _result_to_segment_map(result, id2label: dict[int, str] | None) -> tuple[np.ndarray, dict[int, str]]:
+    """`(segment map, segment id -> legend text)` of a post-processing or pipeline result."""
+    names = {int(key): value for key, value in (id2label or {}).items()}
+    if isinstance(result, dict) and "segmentation" in result:  # panoptic / instance post-processing
+        segment_map = np.asarray(result["segmentation"].cpu() if hasattr(result["segmentation"], "cpu") else result["segmentation"])
+        legend = {
+            int(segment["id"]): f"{names.get(int(segment['label_id']), str(segment['label_id']))} {segment['score']:.2f}"
+            for segment in result.get("segments_info", [])
+        }
+        return segment_map.astype(np.int64), legend
+    if isinstance(result, (list, tuple)):  # pipeline output: [{"score", "label", "mask"}]
+        if not result:
+            raise ValueError("draw_result needs a non-empty pipeline result (no segment was found)")
+        first = np.asarray(result[0]["mask"])
+        segment_map = np.full(first.shape, -1, dtype=np.int64)
+        legend = {}
+        for index, segment in enumerate(result):
+            segment_map[np.asarray(segment["mask"]) > 0] = index
+            score = segment.get("score")
+            legend[index] = segment["label"] if score is None else f"{segment['label']} {score:.2f}"
+        return segment_map, legend
+    semantic = np.asarray(result.cpu() if hasattr(result, "cpu") else result).astype(np.int64)  # semantic class map
+    if semantic.ndim != 2:
+        raise ValueError(f"expected a panoptic/instance result dict, a pipeline result list or a semantic map (H, W), got shape {semantic.shape}")
+    return semantic, {int(c): names.get(int(c), str(int(c))) for c in np.unique(semantic) if c >= 0}
+
+
+def draw_result(
+    image: Image.Image | np.ndarray,
+    result,
+    id2label: dict[int, str] | None = None,
+    path: str | os.PathLike | None = None,
+    alpha: float = 0.55,
+) -> Image.Image:
+    """Draw a segmentation result over `image` (see `draw_segmentation`) with legend entries "label score".
+
+    `result` is one item of `post_process_panoptic_segmentation` / `post_process_instance_segmentation` (a dict with
+    `segmentation` and `segments_info`), of `post_process_semantic_segmentation` (an `(H, W)` class map), or the list
+    returned by `pipeline("image-segmentation")` for one image. `id2label` names the classes (e.g.
+    `model.config.id2label`)."""
+    segment_map, legend = _result_to_segment_map(result, id2label)
+    return draw_segmentation(image, segment_map, legend, path=path, alpha=alpha, ignore_id=-1)

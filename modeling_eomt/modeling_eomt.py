@@ -65,8 +65,8 @@ class EoMTForUniversalSegmentationOutput(ModelOutput):
         class_queries_logits (`(batch, Q, num_labels + 1)`): final class logits; the last class is "no object".
         masks_queries_logits (`(batch, Q, H / 4, W / 4)`): final mask logits (for patch 16 and 2 upscale blocks).
         intermediate_class_queries_logits (`tuple` of `(batch, Q, num_labels + 1)`): the predictions made before
-            each of the last `num_blocks` blocks (deep supervision and masked attention), first block first. Empty in
-            eval mode when every `attn_mask_probs` is 0.
+            each of the last `num_blocks` blocks (deep supervision and masked attention), first block first. None in
+            eval mode when every `attn_mask_probs` is 0 (an empty tuple would break the pipelines' un-batching).
         intermediate_masks_queries_logits (`tuple` of `(batch, Q, H / 4, W / 4)`): the matching mask logits.
         last_hidden_state, hidden_states, attentions: as in [`EoMTModelOutput`].
         patch_offsets (`list[Tensor]`): passed through for sliding-window semantic segmentation.
@@ -660,8 +660,8 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         output = EoMTForUniversalSegmentationOutput(
             class_queries_logits=class_queries_logits,
             masks_queries_logits=masks_queries_logits,
-            intermediate_class_queries_logits=tuple(intermediate_classes),
-            intermediate_masks_queries_logits=tuple(intermediate_masks),
+            intermediate_class_queries_logits=tuple(intermediate_classes) or None,
+            intermediate_masks_queries_logits=tuple(intermediate_masks) or None,
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

@@ -40,7 +40,7 @@ def test_mask_free_inference_computes_no_intermediate_prediction(monkeypatch):
     monkeypatch.setattr(model, "sample_query_mask", lambda *args: pytest.fail("a mask was built"))
     out = model(torch.randn(1, 3, 64, 64))
     assert len(calls) == 1  # the final prediction only
-    assert out.intermediate_masks_queries_logits == ()
+    assert out.intermediate_masks_queries_logits is None and out.intermediate_class_queries_logits is None
 
 
 def test_masked_attention_blocks_query_to_patch_outside_the_mask():

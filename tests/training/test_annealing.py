@@ -149,7 +149,7 @@ def test_trainer_uses_the_authors_probabilities_logs_them_and_ends_mask_free(tmp
     reloaded = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "final").eval()
     assert reloaded.attn_mask_probs.tolist() == [0.0, 0.0]
     outputs = reloaded(torch.randn(1, 3, 32, 32))
-    assert outputs.intermediate_masks_queries_logits == ()  # mask-free inference
+    assert outputs.intermediate_masks_queries_logits is None  # mask-free inference
 
 
 def test_unfinished_schedule_is_forced_to_zero_at_the_end(tmp_path, caplog):

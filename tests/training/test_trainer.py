@@ -101,7 +101,7 @@ def test_loss_decreases_components_are_logged_and_the_saved_model_runs_mask_free
     pixel_values = torch.stack([trainer.train_dataset[0]["pixel_values"]])
     with torch.no_grad():
         outputs = reloaded(pixel_values)
-        assert outputs.intermediate_masks_queries_logits == ()
+        assert outputs.intermediate_masks_queries_logits is None
         assert torch.allclose(outputs.masks_queries_logits, trainer.model.eval()(pixel_values).masks_queries_logits)
 
 
