@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import datasets
 import torch
+from datasets.distributed import split_dataset_by_node
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
@@ -65,7 +64,7 @@ def evaluation_dataloader(
     if isinstance(dataset, StreamingDataset):
         if world_size > 1:
             source = copy.copy(dataset.source)
-            source.records = datasets.distributed.split_dataset_by_node(source.records, rank, world_size)
+            source.records = split_dataset_by_node(source.records, rank, world_size)
             dataset = StreamingDataset(source, seed=dataset.seed)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_eval, **dataloader_kwargs)
     sampler = ShardSampler(len(dataset), rank, world_size)
@@ -168,6 +167,3 @@ class SegmentationEvaluator:
             results["miou"] = results.pop("mean_iou")
         return results
 
-
-def finite_mean(total: float, count: float) -> float:
-    return total / count if count > 0 else math.nan

@@ -4,16 +4,25 @@ by default, memory that does not grow with the number of images, and clear error
 import gc
 import tracemalloc
 
+import datasets
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import TrainerCallback
 
 from image_processing import EoMTImageProcessor
 from tests.training.data_helpers import crop_validation_images, synthetic_instance, synthetic_panoptic  # noqa: F401
 from tests.training.helpers import SegmentationExamples, single_thread, tiny_segmentation_model  # noqa: F401
-from training.data import CLASS_NAMES, EvalDataset, load_ade20k, make_eval_dataset, write_synthetic_ade20k
-from training.evaluation import ShardSampler, inference_attention
+from training.data import (
+    CLASS_NAMES,
+    EvalDataset,
+    from_hf_dataset,
+    load_ade20k,
+    make_eval_dataset,
+    write_synthetic_ade20k,
+)
+from training.evaluation import ShardSampler, evaluation_dataloader, inference_attention
 from training.loss import MaskClassificationLoss
 from training.metrics import MaskAP, MeanIoU, PanopticQuality
 from training.trainer import EoMTTrainer, recipe_training_arguments
@@ -177,6 +186,25 @@ def test_shard_sampler_gives_every_image_to_exactly_one_process():
     assert shards == [[0, 3, 6], [1, 4], [2, 5]] and [len(ShardSampler(7, r, 3)) for r in range(3)] == [3, 2, 2]
     with pytest.raises(ValueError, match=r"rank must be in \[0, 3\), got 3"):
         ShardSampler(7, 3, 3)
+
+
+def test_streamed_evaluation_data_is_split_between_processes_without_repeats():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(5)]
+    labels = [Image.fromarray(np.full((16, 16), index % 3, np.uint8)) for index in range(5)]
+    table = datasets.Dataset.from_dict({"image": images, "label": labels})
+    source = from_hf_dataset(table.to_iterable_dataset(num_shards=1), "semantic", annotation_column="label",
+                             id2label={0: "a", 1: "b", 2: "c"})  # fmt: skip
+    dataset = make_eval_dataset(source)
+
+    def image_sums(rank, world_size):
+        loader = evaluation_dataloader(dataset, 2, rank, world_size)
+        return [int(image.sum()) for batch in loader for image in batch["image"]]
+
+    everything = image_sums(0, 1)
+    shards = [image_sums(rank, 2) for rank in range(2)]
+    assert len(everything) == 5 and sorted(shards[0] + shards[1]) == sorted(everything)
+    assert shards[0] and shards[1]
 
 
 # ---- memory ----
