@@ -80,10 +80,14 @@ def build_model(settings: TrainSettings, info: DatasetInfo, image_size: int) -> 
 def build_processor(info: DatasetInfo, image_size: int, pretrained: str | None = None) -> EoMTImageProcessor:
     """The image processor for a data set: the one saved with `pretrained` if any, else the authors' set-up (square
     `image_size` input; sliding windows for semantic segmentation); classes and stuff classes from `info`."""
-    if pretrained is not None and (Path(pretrained) / "preprocessor_config.json").is_file():
-        processor = EoMTImageProcessor.from_pretrained(pretrained)
-        processor.size = {"shortest_edge": image_size, "longest_edge": image_size}
-    else:
+    processor = None
+    if pretrained is not None:
+        try:
+            processor = EoMTImageProcessor.from_pretrained(pretrained)
+            processor.size = {"shortest_edge": image_size, "longest_edge": image_size}
+        except OSError:  # a checkpoint saved without its processor
+            logger.info("%s has no image processor; using the default one", pretrained)
+    if processor is None:
         processor = EoMTImageProcessor(size=image_size, do_split_image=info.task == "semantic")
     processor.num_labels = info.num_labels
     processor.stuff_classes = list(info.stuff_ids) if info.task == "panoptic" else None

@@ -263,39 +263,17 @@ class EoMTTrainer(Trainer):
                 f"with num_labels={info.num_labels} (and reinitialize_heads=True) to fine-tune on it"
             )
         evaluator = SegmentationEvaluator(info, processor, self.postprocess_kwargs)
-        device = self.args.device
         model.eval()
         self.callback_handler.eval_dataloader = dataloader
         totals = torch.zeros(3, dtype=torch.float64)  # images, loss x rows, rows with a loss
-        rng_devices = [device] if device.type == "cuda" else []
+        rng_devices = [self.args.device] if self.args.device.type == "cuda" else []
         with inference_attention(model, self.eval_masked_attention), torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(self.args.seed)  # the loss samples points: the same draws every evaluation
             for examples in self._lockstep(dataloader):
                 if examples is None:  # other processes still have batches: match their forward passes
-                    side = config.grid_size[0] * config.patch_size, config.grid_size[1] * config.patch_size
-                    with torch.no_grad(), self.autocast_smart_context_manager():
-                        model(pixel_values=torch.zeros(1, config.num_channels, *side, device=device))
+                    self._placeholder_forward(model)
                     continue
-                inputs = evaluator.preprocess(examples, with_targets=self.eval_loss)
-                with torch.no_grad(), self.autocast_smart_context_manager():
-                    outputs = model(pixel_values=inputs["pixel_values"].to(device), patch_offsets=inputs.get("patch_offsets"))
-                    if self.eval_loss:
-                        loss, _ = self.loss_fn(
-                            outputs.masks_queries_logits,
-                            outputs.class_queries_logits,
-                            [masks.to(device) for masks in inputs["mask_labels"]],
-                            [labels.to(device) for labels in inputs["class_labels"]],
-                            average_num_masks=False,
-                        )
-                        rows = inputs["pixel_values"].shape[0]
-                        totals[1:] += torch.tensor([loss.item() * rows, rows], dtype=torch.float64)
-                logits = {
-                    "class_queries_logits": outputs.class_queries_logits.float(),
-                    "masks_queries_logits": outputs.masks_queries_logits.float(),
-                    "patch_offsets": inputs.get("patch_offsets"),
-                }
-                evaluator.update(evaluator.postprocess(logits, inputs["original_sizes"]), examples)
-                totals[0] += len(examples["image"])
+                totals += self._evaluation_step(model, evaluator, examples)
                 self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         num_images, loss_sum, loss_rows = all_reduce_sum([totals])[0].tolist()
         results = evaluator.compute(per_class=True)
@@ -304,6 +282,39 @@ class EoMTTrainer(Trainer):
             results["loss"] = loss_sum / loss_rows
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in results.items()}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(num_images))
+
+    def _evaluation_step(self, model: nn.Module, evaluator: SegmentationEvaluator, examples: dict[str, list]) -> Tensor:
+        """One batch of evaluation examples: inputs, forward, loss, post-processing, metric update. Returns
+        `(images, loss x rows, rows)` (rows: images or windows; the loss terms are 0 without `eval_loss`)."""
+        device = self.args.device
+        inputs = evaluator.preprocess(examples, with_targets=self.eval_loss)
+        rows = inputs["pixel_values"].shape[0]
+        loss_terms = [0.0, 0.0]
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            outputs = model(pixel_values=inputs["pixel_values"].to(device), patch_offsets=inputs.get("patch_offsets"))
+            if self.eval_loss:
+                loss, _ = self.loss_fn(
+                    outputs.masks_queries_logits,
+                    outputs.class_queries_logits,
+                    [masks.to(device) for masks in inputs["mask_labels"]],
+                    [labels.to(device) for labels in inputs["class_labels"]],
+                    average_num_masks=False,
+                )
+                loss_terms = [loss.item() * rows, rows]
+        logits = {
+            "class_queries_logits": outputs.class_queries_logits.float(),
+            "masks_queries_logits": outputs.masks_queries_logits.float(),
+            "patch_offsets": inputs.get("patch_offsets"),
+        }
+        evaluator.update(evaluator.postprocess(logits, inputs["original_sizes"]), examples)
+        return torch.tensor([len(examples["image"]), *loss_terms], dtype=torch.float64)
+
+    def _placeholder_forward(self, model: nn.Module) -> None:
+        """A forward pass on a blank input of the model's size, for a process that has run out of batches."""
+        config = unwrap_model(model).config
+        side = (config.grid_size[0] * config.patch_size, config.grid_size[1] * config.patch_size)
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            model(pixel_values=torch.zeros(1, config.num_channels, *side, device=self.args.device))
 
     def _lockstep(self, dataloader: DataLoader):
         """This process's batches, then None while any other process still has batches, so that every process runs
