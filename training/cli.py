@@ -11,9 +11,6 @@ from typing import Any
 
 Command = Callable[[argparse.Namespace], int]
 
-FORMATS = ("coco_panoptic", "coco_instance", "ade20k", "cityscapes", "hf_disk")  # training.data.pipeline.FORMATS
-TASKS = ("panoptic", "instance", "semantic")
-
 
 def _quickstart(args: argparse.Namespace) -> int:
     from training.quickstart import run_quickstart
@@ -52,7 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     from training.settings import TrainSettings
 
     names = {item.name for item in dataclasses.fields(TrainSettings)}
-    settings = TrainSettings(**{name: value for name, value in vars(args).items() if name in names})
+    values = {name: value for name, value in vars(args).items() if name in names}
+    settings = TrainSettings(**{**values, "model_config": dict(args.model_config)})
     metrics = train(settings)
     _print_metrics(metrics)
     print(f"wrote {settings.output_dir}/ (model, processor, metrics.json, log_history.json, curves)")
@@ -64,8 +62,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate(
         args.model, args.data, split=args.split, format=args.format, task=args.task, batch_size=args.batch_size,
-        workers=args.workers, masked_attention=args.masked_attention, threshold=args.threshold, use_cpu=args.cpu, progress=not args.no_progress,
-        output=args.output,
+        workers=args.workers, masked_attention=args.masked_attention, threshold=args.threshold, use_cpu=args.cpu,
+        progress=not args.no_progress, output=args.output,
     )  # fmt: skip
     _print_metrics(metrics)
     return 0
@@ -91,8 +89,9 @@ def _key_value(text: str) -> tuple[str, Any]:
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="data set folder (COCO panoptic/instance, ADE20K, Cityscapes or "
                         "a datasets save_to_disk folder)")  # fmt: skip
-    parser.add_argument("--format", choices=FORMATS, help="layout of --data (detected by default)")
-    parser.add_argument("--task", choices=TASKS, help="task (from the layout by default)")
+    parser.add_argument("--format", help="layout of --data: coco_panoptic, coco_instance, ade20k, cityscapes or hf_disk "
+                        "(detected by default)")  # fmt: skip
+    parser.add_argument("--task", choices=("panoptic", "instance", "semantic"), help="task (from the layout by default)")
 
 
 def _add_train_parser(commands) -> None:
@@ -154,7 +153,7 @@ def _add_train_parser(commands) -> None:
     option("--report-to", dest="report_to", help="Trainer integrations (tensorboard, wandb, ...)")
     train.add_argument("--cpu", dest="use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    train.set_defaults(run=_train, model_config=[])
+    train.set_defaults(run=_train)
 
 
 def _add_evaluate_parser(commands) -> None:
@@ -204,8 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; errors about the input (bad data, files, settings) print `error: ...` and return 1."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "model_config", None) is not None:
-        args.model_config = dict(args.model_config)
     run: Command = args.run
     try:
         return run(args)

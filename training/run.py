@@ -220,8 +220,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the EoMT checkpoint `model_path` on `split` of the data set at `data` (validated first), mask-free
     unless `masked_attention`, with the post-processing's class-score `threshold` (None: the authors' 0.8 for
-    panoptic, 0 for instance); returns the metrics (with `per_class`) and writes them as JSON to `output` (default: `eval_metrics.json` in the model folder
-    when it is local, else in the current folder)."""
+    panoptic, 0 for instance). Returns the metrics (with `per_class`) and writes them as JSON to `output` (default:
+    `eval_metrics.json` in the model folder when it is local, else in the current folder)."""
     eval_dataset = make_eval_dataset(data, split, format=format, task=task)
     info = eval_dataset.info
     config = EoMTConfig.from_pretrained(model_path)

@@ -132,6 +132,15 @@ def test_data_problems_are_reported_before_training(panoptic_root, tmp_path, cap
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+def test_a_corrupt_image_found_during_training_is_named(tmp_path, capsys):
+    root = write_synthetic_coco_panoptic(tmp_path / "data", num_train=4, num_val=1, size=32, seed=2)
+    corrupt = sorted((root / "train2017").glob("*.jpg"))[3]  # past the records the validation pass decodes
+    data = corrupt.read_bytes()
+    corrupt.write_bytes(data[: len(data) * 3 // 4])  # the header reads, the pixels do not
+    assert_error(capsys, "train", "--data", root, "--out", tmp_path / "out", *TINY, *FAST, "--workers", 1,
+                 "--steps", 4, "--no-eval", expected=f"error: {corrupt}")  # fmt: skip
+
+
 def test_class_mismatch_with_a_checkpoint_needs_reinitialized_heads(panoptic_root, tmp_path, capsys):
     checkpoint = tmp_path / "coco133"
     tiny_segmentation_model(num_labels=4, image_size=32).save_pretrained(checkpoint)  # 4 classes, the data set has 8
