@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,8 +53,9 @@ def _train(args: argparse.Namespace) -> int:
     values = {name: value for name, value in vars(args).items() if name in names}
     settings = TrainSettings(**{**values, "model_config": dict(args.model_config)})
     metrics = train(settings)
-    _print_metrics(metrics)
-    print(f"wrote {settings.output_dir}/ (model, processor, metrics.json, log_history.json, curves)")
+    if _is_main_process():
+        _print_metrics(metrics)
+        print(f"wrote {settings.output_dir}/ (model, processor, metrics.json, log_history.json, curves)")
     return 0
 
 
@@ -65,8 +67,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=args.workers, masked_attention=args.masked_attention, threshold=args.threshold, use_cpu=args.cpu,
         progress=not args.no_progress, output=args.output,
     )  # fmt: skip
-    _print_metrics(metrics)
+    if _is_main_process():
+        _print_metrics(metrics)
     return 0
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / `torchrun` (every process runs the command; one prints)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
