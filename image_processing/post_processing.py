@@ -179,12 +179,22 @@ def _linear_taps(out_size: int, in_size: int, device: torch.device) -> tuple[Ten
     """For each output index of a bilinear resize `in_size -> out_size` (align_corners=False): the two source
     indices and their weights, computed as torch's kernel computes them."""
     scale = float(torch.tensor(in_size / out_size, dtype=torch.float32))  # float32 ratio, as torch's kernel
-    # torch computes scale * (i + 0.5) - 0.5 with one rounding (a fused multiply-add): exact in float64, rounded once
-    source = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
+    # torch computes scale * (i + 0.5) - 0.5 with one rounding (a fused multiply-add): exact in float64 (on the CPU,
+    # as some accelerators lack float64), rounded once
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
     index0 = source.long().clamp(max=in_size - 1)
     index1 = torch.where(index0 < in_size - 1, index0 + 1, index0)
     weight1 = (source - index0).clamp(0, 1)
-    return index0, index1, 1 - weight1, weight1
+    return index0.to(device), index1.to(device), (1 - weight1).to(device), weight1.to(device)
+
+
+def _float32_above(value: float) -> float:
+    """The smallest float32 strictly greater than `value`: `x > value` (in float64) iff `x >= _float32_above(value)`
+    for float32 `x`, a comparison that stays in float32."""
+    candidate = torch.tensor(value, dtype=torch.float32)
+    if float(candidate) <= value:
+        candidate = torch.nextafter(candidate, torch.tensor(float("inf")))
+    return float(candidate)
 
 
 def _block_spans(out_len: int, valid_len: int, input_len: int, low_len: int, block: int, device: torch.device) -> tuple[Tensor, int]:
@@ -301,6 +311,8 @@ def _semantic_layout(
         valid = _valid_sizes(valid_sizes, num_outputs, input_size)
         return [_SemanticImage((_View(i, 0, 0, *valid[i]),), valid[i], target_sizes[i]) for i in range(num_outputs)]
 
+    if valid_sizes is not None:
+        raise ValueError("valid_sizes is for inputs without windows; with patch_offsets the windows are not padded")
     offsets = [offset.tolist() if isinstance(offset, Tensor) else list(offset) for offset in patch_offsets]
     if len(offsets) != num_outputs:
         raise ValueError(f"patch_offsets has {len(offsets)} windows but the outputs hold {num_outputs}")
@@ -326,19 +338,34 @@ def _semantic_layout(
             vertical = target_sizes[i][0] > target_sizes[i][1]
             long_side = max(end for _, _, end in image_windows)
             canvas = (long_side, input_size[1]) if vertical else (input_size[0], long_side)
-        views = []
-        for j, start, end in image_windows:
-            window = input_size[0] if vertical else input_size[1]
-            long_side = canvas[0] if vertical else canvas[1]
-            if end - start != window or start < 0 or start >= long_side:
-                raise ValueError(
-                    f"patch_offsets[{j}] = ({i}, {start}, {end}) is not a {window}-pixel window inside image {i}'s "
-                    f"resized size {canvas}"
-                )
-            top, left = (start, 0) if vertical else (0, start)
-            views.append(_View(j, top, left, min(input_size[0], canvas[0] - top), min(input_size[1], canvas[1] - left)))
-        images.append(_SemanticImage(tuple(views), canvas, target_sizes[i]))
+        images.append(_SemanticImage(_window_views(i, image_windows, canvas, vertical, input_size), canvas, target_sizes[i]))
     return images
+
+
+def _window_views(image: int, windows: list[tuple[int, int, int]], canvas: Size, vertical: bool, input_size: Size) -> tuple[_View, ...]:
+    """Views of one image's windows `(output, start, end)` along the longer side of its resized size `canvas`,
+    checked to be input-sized and to cover the image."""
+    axis = 0 if vertical else 1
+    window, long_side, short_side = input_size[axis], canvas[axis], canvas[1 - axis]
+    if short_side > input_size[1 - axis]:
+        raise ValueError(f"image {image}'s resized size {canvas} is larger across than its windows ({input_size})")
+    covered = 0
+    for j, start, end in sorted(windows, key=lambda window_: window_[1]):
+        if end - start != window or not 0 <= start < long_side:
+            raise ValueError(
+                f"patch_offsets[{j}] = ({image}, {start}, {end}) is not a {window}-pixel window inside image {image}'s "
+                f"resized size {canvas}"
+            )
+        if start > covered:
+            break
+        covered = max(covered, end)
+    if covered < long_side:
+        raise ValueError(f"the windows of image {image} leave part of its resized size {canvas} uncovered (from {covered})")
+    views = []
+    for j, start, _ in windows:  # in the given order: overlapping windows are summed in that order
+        top, left = (start, 0) if vertical else (0, start)
+        views.append(_View(j, top, left, min(input_size[0], canvas[0] - top), min(input_size[1], canvas[1] - left)))
+    return tuple(views)
 
 
 def _merged_scores(image: _SemanticImage, probs: list[Tensor], logits: list[Tensor], input_size: Size) -> Tensor:
@@ -526,6 +553,7 @@ def _panoptic_segments(
     # the winner is certain where no other query's upper bound reaches its lower bound
     contenders = (scores[:, None, None] * prob_high >= best_low).sum(0)
     settled = (contenders == 1) & (surely_in | surely_out).all(0)
+    settled &= low_logits.abs().amax() < 500  # the float32 rounding margin above assumes moderate logits
     block_code = block_winner + num * surely_in.gather(0, block_winner[None])[0]  # winner, + N if in its mask
 
     # pixel level, in the blocks not settled: (N, M)
@@ -537,13 +565,12 @@ def _panoptic_segments(
 
     areas = grid.areas()
     mask_area = in_mask.sum(1, dtype=torch.int32).long() + (surely_in & settled).mul(areas).flatten(1).sum(1)
-    code_area = torch.bincount(pixel_code, minlength=2 * num) + torch.bincount(
-        block_code[settled], weights=areas[settled].double(), minlength=2 * num
-    ).long()
+    code_area = torch.bincount(pixel_code, minlength=2 * num).scatter_add_(0, block_code[settled], areas[settled])
     kept_area = code_area[num:]  # pixels won with probability >= mask_threshold
     won_area = code_area[:num] + kept_area
-    ratio = won_area / mask_area  # float32, as transformers computes it; compared in float64 as Python does
-    valid = (won_area > 0) & (mask_area > 0) & (kept_area > 0) & (ratio.double() > overlap_mask_area_threshold)
+    ratio = won_area / mask_area  # float32, as transformers computes it, which then compares it in float64
+    large_enough = ratio >= _float32_above(overlap_mask_area_threshold)
+    valid = (won_area > 0) & (mask_area > 0) & (kept_area > 0) & large_enough
 
     fusable = valid & torch.isin(labels, stuff_classes)
     same_stuff = (labels[:, None] == labels[None, :]) & fusable[None, :]  # (N, N)

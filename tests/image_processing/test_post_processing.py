@@ -10,7 +10,9 @@ from transformers.image_transforms import get_size_with_aspect_ratio
 from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil, compute_segments
 
 from benchmarks.postprocessing import synthetic_outputs, synthetic_window_outputs
+from image_processing import post_processing
 from image_processing.post_processing import (
+    _float32_above,
     _linear_taps,
     post_process_instance,
     post_process_panoptic,
@@ -43,7 +45,16 @@ def realistic(batch=2, seed=0, class_pool=None):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_panoptic_equals_transformers(seed):
+def test_panoptic_equals_transformers(seed, monkeypatch):
+    exact_fractions = []  # pixels decided one by one (the others are settled per block)
+    pixels = post_processing._BlockGrid.pixels
+
+    def recording_pixels(grid, blocks):
+        chosen = pixels(grid, blocks)
+        exact_fractions.append(chosen.numel() / (grid.height * grid.width))
+        return chosen
+
+    monkeypatch.setattr(post_processing._BlockGrid, "pixels", recording_pixels)
     class_logits, mask_logits = realistic(seed=seed, class_pool=range(6))  # repeated classes: stuff fusion happens
     stuff = [0, 1, 2]
     ours = post_process_panoptic(
@@ -58,6 +69,24 @@ def test_panoptic_equals_transformers(seed):
         assert all(labels.count(label) <= 1 for label in stuff)  # one segment per stuff class
     unfused = post_process_panoptic(class_logits, mask_logits, TARGETS, valid_sizes=valid_sizes(TARGETS))
     assert sum(len(r["segments_info"]) for r in unfused) > sum(len(r["segments_info"]) for r in ours)  # fusion merged some
+    assert all(0.0 < fraction < 0.9 for fraction in exact_fractions)  # both paths ran
+
+
+def test_panoptic_overlapping_queries_equal_transformers():
+    # pairs of confident queries compete for the same pixels with nearly equal score x probability: the winner
+    # changes from pixel to pixel, so those blocks must be decided pixel by pixel
+    class_logits, mask_logits = realistic(batch=2, seed=15)
+    for b in range(2):
+        confident = (class_logits[b].softmax(-1).amax(-1) > 0.9) & (class_logits[b].argmax(-1) < CLASSES)
+        first, second, third, fourth = confident.nonzero()[:4, 0].tolist()
+        for strong, weak in ((first, second), (third, fourth)):
+            mask_logits[b, weak] = mask_logits[b, strong] + 0.3 + 0.3 * torch.randn(INPUT // 4, INPUT // 4)
+            class_logits[b, weak] = class_logits[b, strong] - 0.05
+    ours = post_process_panoptic(class_logits, mask_logits, TARGETS, input_size=(INPUT, INPUT), valid_sizes=valid_sizes(TARGETS))
+    theirs = padded_processor().post_process_panoptic_segmentation(outputs_for(class_logits, mask_logits), TARGETS)
+    for mine, reference in zip(ours, theirs):
+        assert mine["segments_info"] == reference["segments_info"]
+        assert torch.equal(mine["segmentation"], reference["segmentation"].long())
 
 
 def test_panoptic_label_ids_to_fuse_is_stuff_classes():
@@ -181,6 +210,13 @@ def test_linear_taps_are_torchs():
         assert torch.equal(weights, expected)
 
 
+def test_float32_comparison_equals_pythons():
+    ratios = torch.cat([torch.rand(10000), torch.tensor([0.8, 0.5, 0.3, 4 / 5, 1.0])]).float()
+    for threshold in [0.8, 0.5, 0.3, 0.0, 0.123456789]:
+        expected = torch.tensor([float(ratio) > threshold for ratio in ratios])
+        assert torch.equal(ratios >= _float32_above(threshold), expected)
+
+
 @pytest.mark.parametrize("valid", [(192, 192), (144, 192), (192, 97), (1, 1), (191, 3)])
 def test_upsample_and_crop_is_bit_identical_to_crop_after_upsampling(valid):
     logits = torch.randn(5, 48, 48) * 4
@@ -290,3 +326,13 @@ def test_bad_input_names_the_problem():
         post_process_semantic(class_logits, mask_logits, TARGETS[:1], patch_offsets=[(0, 0, INPUT), (0, 5, 20)])
     with pytest.raises(ValueError, match="target_sizes is empty"):
         post_process_semantic(class_logits[:0], mask_logits[:0], [])
+
+
+def test_bad_windows_name_the_problem():
+    class_logits, mask_logits = realistic(batch=2, seed=14)
+    with pytest.raises(ValueError, match="leave part of its resized size \\(192, 400\\) uncovered \\(from 192\\)"):
+        post_process_semantic(class_logits, mask_logits, [(100, 200)], patch_offsets=[(0, 0, 192), (0, 208, 400)], resized_sizes=[(192, 400)])
+    with pytest.raises(ValueError, match="image 0's resized size \\(200, 300\\) is larger across than its windows"):
+        post_process_semantic(class_logits, mask_logits, [(100, 150)], patch_offsets=[(0, 0, 192), (0, 108, 300)], resized_sizes=[(200, 300)])
+    with pytest.raises(ValueError, match="valid_sizes is for inputs without windows"):
+        post_process_semantic(class_logits, mask_logits, [(100, 150)], patch_offsets=[(0, 0, 192), (0, 108, 300)], valid_sizes=[(1, 1)])
