@@ -19,17 +19,22 @@ segments, labels, scores rounded to 6 decimals, pixel maps) when transformers' g
 * geometry: transformers upsamples every mask to its square `size` and crops `get_size_with_aspect_ratio(...)`,
   which is wrong for non-square inputs (`do_pad=False`) and, for semantic segmentation without windows, never
   removes padding. Here the input size and valid region are explicit.
-* semantic segmentation does not upsample every query to the full input. Queries whose best class probability is
-  below `_KEPT_CLASS_PROB` and classes whose total probability is below `_CANDIDATE_CLASS_SCORE` are left out of a
-  first pass; their largest possible contribution bounds the error of that pass. Pixels whose winning class is
-  not certain under that bound (a thin band along class boundaries) are recomputed exactly from all queries and
-  classes, point by point. The resulting map is the argmax of the exact scores; it can differ from transformers'
-  only where two classes tie within float32 rounding (the tests measure the differing pixels: none). With
-  `return_scores=True` all scores are computed in full (same values as transformers up to float32 rounding of the
-  class sum).
-* panoptic and instance segmentation drop the queries that cannot yield a segment (no object, class score below
-  `threshold`) before upsampling; this is exact, as every later step is per query or only involves kept queries.
-* empty results: the map is `-1` as `torch.long` (transformers returns a float map in that case).
+* speed without changing the result. Panoptic and instance segmentation drop the queries that cannot yield a
+  segment (no object, class score below `threshold`) before upsampling, which is exact as every later step is per
+  query or only involves kept queries. Panoptic segmentation then settles whole blocks of pixels from bounds on
+  the logits (`_BlockGrid`: the minimum and maximum of the low-resolution logits a block reads) where they fix
+  the winning query and each query's side of `mask_threshold`; the remaining blocks (along mask edges) are
+  computed pixel by pixel with transformers' operations, so maps, areas and segments are identical. Semantic
+  segmentation first scores only the queries whose best class probability reaches `_KEPT_CLASS_PROB` and the
+  classes whose total probability reaches `_CANDIDATE_CLASS_SCORE`; the largest possible contribution of the rest
+  bounds the error of that pass, and the pixels whose class it leaves uncertain (along class boundaries) are
+  recomputed exactly, point by point, from all queries and classes. The map is thus the argmax of the exact
+  scores and can differ from transformers' only where two classes tie within float32 rounding (none in the
+  tests). With `return_scores=True` all scores are computed in full.
+* sliding windows are merged from explicit `patch_offsets` and `resized_sizes` (transformers re-derives the
+  resized size from `target_sizes` and its own `size`).
+* maps are always `torch.long`; empty results give a map of `-1` (transformers returns float maps for instance
+  segmentation and for empty panoptic results).
 * logits in bf16/fp16 are upcast to float32 first (transformers would compute in the low precision).
 """
 
@@ -199,7 +204,7 @@ def _float32_above(value: float) -> float:
 
 def _block_spans(out_len: int, valid_len: int, input_len: int, low_len: int, block: int, device: torch.device) -> tuple[Tensor, int]:
     """Along one axis, for blocks of `block` output pixels: the first low-resolution index each block reads through
-    `undo_padding_and_resize` (one extra index on each side) and the longest span read by any block."""
+    `undo_padding_and_resize` (with torch's own bilinear taps) and the longest span read by any block."""
     if out_len == valid_len:
         first = last = torch.arange(out_len, device=device)
     else:
@@ -428,13 +433,17 @@ def _semantic_map(image: _SemanticImage, probs: Tensor, logits: Tensor, input_si
     exact point-wise repair of the pixels that pass cannot decide (see the module docstring)."""
     outputs = [view.output for view in image.views]
     view_probs = probs[outputs]  # (V, Q, K)
+
+    def exact_map() -> Tensor:
+        return _merged_scores(image, list(view_probs), [logits[j] for j in outputs], input_size).max(0).indices
+
     kept = view_probs.amax(-1) >= _KEPT_CLASS_PROB  # (V, Q)
     class_bound = view_probs.sum(1).amax(0)  # (K,): no score of class c exceeds its total probability
-    left_out = (view_probs * ~kept[..., None]).sum(1).amax(0)  # (K,): most the left-out queries add to class c
+    left_out = (view_probs * ~kept[..., None]).sum(1).amax(0)  # (K,): the most the left-out queries add to class c
     candidates = class_bound >= _CANDIDATE_CLASS_SCORE
-    num_kept, num_candidates = kept.sum(1).amax(), candidates.sum()
-    if int(num_candidates) == 0 or 2 * int(num_kept) > probs.shape[1]:
-        return _merged_scores(image, list(view_probs), [logits[j] for j in outputs], input_size).max(0).indices
+    num_candidates = int(candidates.sum())
+    if num_candidates == 0 or 2 * int(kept.sum(1).amax()) > probs.shape[1]:
+        return exact_map()
 
     classes = candidates.nonzero()[:, 0]
     partial = _merged_scores(
@@ -445,13 +454,14 @@ def _semantic_map(image: _SemanticImage, probs: Tensor, logits: Tensor, input_si
     )  # (C, H, W) from the kept queries only
     best_score, best = partial.max(0)
     slack = 1e-4 * max(1.0, float(class_bound.max()))  # covers float32 rounding here and in the exact scores
-    rivals = (partial + left_out[classes, None, None] >= (best_score - slack)).sum(0)  # classes that might still win
-    other_bound = class_bound[~candidates].max() if int(num_candidates) < class_bound.numel() else class_bound.new_tensor(0.0)
-    uncertain = (rivals > 1) | (best_score <= other_bound + slack)
-    segmentation = classes[best]
+    rivals = (partial + left_out[classes, None, None] >= (best_score - slack)).sum(0)  # classes that may still win
+    uncertain = rivals > 1
+    if num_candidates < class_bound.numel():  # a class left out of the pass could win where the best score is low
+        uncertain |= best_score <= class_bound[~candidates].max() + slack
     pixels = uncertain.nonzero()  # (M, 2)
     if pixels.shape[0] > _MAX_REPAIR_FRACTION * uncertain.numel():
-        return _merged_scores(image, list(view_probs), [logits[j] for j in outputs], input_size).max(0).indices
+        return exact_map()
+    segmentation = classes[best]
     if pixels.shape[0]:
         segmentation[pixels[:, 0], pixels[:, 1]] = _scores_at_pixels(image, probs, logits, input_size, pixels).argmax(1)
     return segmentation

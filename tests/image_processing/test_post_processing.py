@@ -17,6 +17,7 @@ from image_processing.post_processing import (
     post_process_instance,
     post_process_panoptic,
     post_process_semantic,
+    semantic_probabilities,
     semantic_segmentation,
     undo_padding_and_resize,
     upsample_and_crop,
@@ -192,7 +193,7 @@ def test_semantic_segmentation_wrapper():
     class_logits, mask_logits = realistic(batch=2, seed=7)
     maps = semantic_segmentation(class_logits, mask_logits, (INPUT, INPUT))
     upsampled = F.interpolate(mask_logits, size=(INPUT, INPUT), mode="bilinear", align_corners=False)
-    scores = torch.einsum("bqk,bqhw->bkhw", class_logits.softmax(-1)[..., :-1], upsampled.sigmoid())
+    scores = semantic_probabilities(class_logits, upsampled)  # (B, K, H, W)
     assert maps.shape == (2, INPUT, INPUT) and (maps == scores.argmax(1)).float().mean() > 0.9999
 
 
