@@ -124,6 +124,24 @@ def _valid_sizes(valid_sizes: Any, count: int, input_size: Size) -> list[Size]:
     return sizes
 
 
+def _whole_images(
+    class_queries_logits: Tensor, masks_queries_logits: Tensor, target_sizes: Any, input_size: Any, valid_sizes: Any
+) -> tuple[Tensor, Tensor, Size, list[Size], list[Size]]:
+    """Checked float32 logits, input size, target and valid sizes of outputs that hold one whole image each."""
+    class_logits, mask_logits = _check_outputs(class_queries_logits, masks_queries_logits)
+    input_size = _input_size(input_size, mask_logits)
+    targets = _size_list("target_sizes", target_sizes, class_logits.shape[0], "image")
+    return class_logits, mask_logits, input_size, targets, _valid_sizes(valid_sizes, class_logits.shape[0], input_size)
+
+
+def _segments_info(ids: Tensor, label_ids: Tensor, scores: Tensor) -> list[dict[str, Any]]:
+    """transformers' `segments_info`: scores rounded to 6 decimals (one device sync for all segments)."""
+    return [
+        {"id": segment_id, "label_id": label_id, "score": round(score, 6)}
+        for segment_id, label_id, score in zip(ids.tolist(), label_ids.tolist(), scores.tolist())
+    ]
+
+
 def _class_id_tensor(name: str, class_ids: Sequence[int] | None, num_classes: int, device: torch.device) -> Tensor:
     ids = torch.as_tensor(list(class_ids) if class_ids is not None else [], dtype=torch.long)
     bad = ids[(ids < 0) | (ids >= num_classes)]
@@ -297,8 +315,9 @@ class _View:
 @dataclass(frozen=True)
 class _SemanticImage:
     views: tuple[_View, ...]
-    canvas: Size  # the (resized) image the views tile
+    canvas: Size  # the (resized) image the views tile, each spanning it across
     target: Size
+    axis: int = 0  # the axis along which the views follow each other
 
 
 def _semantic_layout(
@@ -343,7 +362,8 @@ def _semantic_layout(
             vertical = target_sizes[i][0] > target_sizes[i][1]
             long_side = max(end for _, _, end in image_windows)
             canvas = (long_side, input_size[1]) if vertical else (input_size[0], long_side)
-        images.append(_SemanticImage(_window_views(i, image_windows, canvas, vertical, input_size), canvas, target_sizes[i]))
+        views = _window_views(i, image_windows, canvas, vertical, input_size)
+        images.append(_SemanticImage(views, canvas, target_sizes[i], axis=0 if vertical else 1))
     return images
 
 
@@ -380,17 +400,20 @@ def _merged_scores(image: _SemanticImage, probs: list[Tensor], logits: list[Tens
     for view, view_probs, view_logits in zip(image.views, probs, logits):
         mask_probs = upsample_and_crop(view_logits, input_size, (view.height, view.width)).sigmoid_()
         scores.append((view_probs.T @ mask_probs.flatten(1)).view(-1, view.height, view.width))  # (C, vh, vw)
-    regions = [(slice(None), slice(v.top, v.top + v.height), slice(v.left, v.left + v.width)) for v in image.views]
     if len(scores) == 1 and tuple(scores[0].shape[1:]) == image.canvas:
         return resize_bilinear(scores[0], image.target)
-    # sum and count per pixel, then average, as transformers' merge_image_patches (adding to zero is exact)
-    count = scores[0].new_zeros((1, *image.canvas))
-    for region in regions:
-        count[region] += 1
+    # sum and count per pixel, then average, as transformers' merge_image_patches; the windows span the canvas
+    # across, so the count varies along one axis only
+    regions = [(slice(None), slice(v.top, v.top + v.height), slice(v.left, v.left + v.width)) for v in image.views]
+    count = torch.zeros(image.canvas[image.axis])  # windows per row (axis 0) or column (axis 1)
+    for view in image.views:
+        start, length = (view.top, view.height) if image.axis == 0 else (view.left, view.width)
+        count[start : start + length] += 1
     total = scores[0].new_zeros((scores[0].shape[0], *image.canvas))
     for region, view_scores in zip(regions, scores):
         total[region] += view_scores
-    return resize_bilinear(total.div_(count.clamp_(min=1)), image.target)
+    count = count.to(total.device)
+    return resize_bilinear(total.div_(count[:, None] if image.axis == 0 else count), image.target)
 
 
 def _scores_at_pixels(image: _SemanticImage, probs: Tensor, logits: Tensor, input_size: Size, pixels: Tensor) -> Tensor:
@@ -592,12 +615,7 @@ def _panoptic_segments(
     segmentation = grid.expand(code_to_segment[block_code])
     segmentation.view(-1)[pixels] = code_to_segment[pixel_code]
 
-    ids, label_ids, segment_scores = segment_ids[opens].tolist(), labels[opens].tolist(), scores[opens].tolist()
-    segments = [
-        {"id": segment_id, "label_id": label_id, "score": round(score, 6)}
-        for segment_id, label_id, score in zip(ids, label_ids, segment_scores)
-    ]
-    return segmentation, segments
+    return segmentation, _segments_info(segment_ids[opens], labels[opens], scores[opens])
 
 
 def post_process_panoptic(
@@ -621,11 +639,10 @@ def post_process_panoptic(
     """
     if stuff_classes is not None and label_ids_to_fuse is not None and set(stuff_classes) != set(label_ids_to_fuse):
         raise ValueError(f"stuff_classes {list(stuff_classes)} and label_ids_to_fuse {list(label_ids_to_fuse)} disagree; pass one")
-    class_logits, mask_logits = _check_outputs(class_queries_logits, masks_queries_logits)
-    batch, _, num_labels = class_logits.shape[0], class_logits.shape[1], class_logits.shape[2] - 1
-    input_size = _input_size(input_size, mask_logits)
-    targets = _size_list("target_sizes", target_sizes, batch, "image")
-    valid = _valid_sizes(valid_sizes, batch, input_size)
+    class_logits, mask_logits, input_size, targets, valid = _whole_images(
+        class_queries_logits, masks_queries_logits, target_sizes, input_size, valid_sizes
+    )
+    batch, num_labels = class_logits.shape[0], class_logits.shape[-1] - 1
     stuff = stuff_classes if stuff_classes is not None else label_ids_to_fuse
     stuff_ids = _class_id_tensor("stuff_classes" if stuff_classes is not None else "label_ids_to_fuse", stuff, num_labels, class_logits.device)
 
@@ -675,11 +692,7 @@ def _instance_segments(
         segmentation = (kept_masks * order).amax(0).long() - 1
     else:
         segmentation = torch.full(masks.shape[1:], -1, dtype=torch.long, device=masks.device)
-    segments = [
-        {"id": index, "label_id": label_id, "score": round(score, 6)}
-        for index, (label_id, score) in enumerate(zip(labels[kept].tolist(), scores[kept].tolist()))
-    ]
-    return segmentation, segments
+    return segmentation, _segments_info(torch.arange(kept.numel()), labels[kept], scores[kept])
 
 
 def post_process_instance(
@@ -698,16 +711,13 @@ def post_process_instance(
     probability inside the mask; those scoring at least `threshold` are kept. With `return_binary_maps`,
     `"segmentation"` is instead the `(I, H, W)` boolean masks of the instances, overlaps included (for metrics).
     """
-    class_logits, mask_logits = _check_outputs(class_queries_logits, masks_queries_logits)
-    batch = class_logits.shape[0]
-    input_size = _input_size(input_size, mask_logits)
-    targets = _size_list("target_sizes", target_sizes, batch, "image")
-    valid = _valid_sizes(valid_sizes, batch, input_size)
-
+    class_logits, mask_logits, input_size, targets, valid = _whole_images(
+        class_queries_logits, masks_queries_logits, target_sizes, input_size, valid_sizes
+    )
     class_scores, labels = class_logits.softmax(dim=-1)[..., :-1].max(-1)  # (B, Q), best real class
     candidates = class_scores >= threshold  # the final score never exceeds the class score
     results = []
-    for i in range(batch):
+    for i in range(class_logits.shape[0]):
         kept = candidates[i].nonzero()[:, 0]
         logits = undo_padding_and_resize(mask_logits[i, kept], input_size, valid[i], targets[i])
         segmentation, segments = _instance_segments(logits, class_scores[i, kept], labels[i, kept], threshold, return_binary_maps)
