@@ -40,6 +40,7 @@ segments, labels, scores rounded to 6 decimals, pixel maps) when transformers' g
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -198,9 +199,10 @@ def undo_padding_and_resize(mask_logits: Tensor, input_size: Size, valid_size: S
     return resize_bilinear(upsample_and_crop(mask_logits, input_size, valid_size), target_size)
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_taps(out_size: int, in_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """For each output index of a bilinear resize `in_size -> out_size` (align_corners=False): the two source
-    indices and their weights, computed as torch's kernel computes them."""
+    indices and their weights, computed as torch's kernel computes them (cached: read-only tensors)."""
     scale = float(torch.tensor(in_size / out_size, dtype=torch.float32))  # float32 ratio, as torch's kernel
     # torch computes scale * (i + 0.5) - 0.5 with one rounding (a fused multiply-add): exact in float64 (on the CPU,
     # as some accelerators lack float64), rounded once
@@ -250,14 +252,6 @@ class _BlockGrid:
     row_span: int
     col_span: int
 
-    @classmethod
-    def build(cls, mask_size: Size, input_size: Size, valid_size: Size, target_size: Size, device: torch.device) -> "_BlockGrid":
-        cell = target_size[0] * input_size[0] / (valid_size[0] * mask_size[0])  # output pixels per low-res row
-        size = max(2, min(32, round(cell * _BLOCK_CELLS)))
-        rows, row_span = _block_spans(target_size[0], valid_size[0], input_size[0], mask_size[0], size, device)
-        cols, col_span = _block_spans(target_size[1], valid_size[1], input_size[1], mask_size[1], size, device)
-        return cls(size, target_size[0], target_size[1], rows, cols, row_span, col_span)
-
     def bounds(self, low_logits: Tensor) -> tuple[Tensor, Tensor]:
         """Minimum and maximum `(N, BY, BX)` of the low-resolution logits `(N, h, w)` each block reads."""
         windows = low_logits.unfold(1, self.row_span, 1)  # (N, h - span + 1, w, span), a view
@@ -287,6 +281,17 @@ class _BlockGrid:
         rows = torch.arange(self.height, device=device) // self.size
         cols = torch.arange(self.width, device=device) // self.size
         return per_block[rows[:, None], cols[None, :]]
+
+
+@functools.lru_cache(maxsize=64)
+def _block_grid(mask_size: Size, input_size: Size, valid_size: Size, target_size: Size, device: torch.device) -> _BlockGrid:
+    """The blocks of a `target_size` map whose logits come from `mask_size` logits through `undo_padding_and_resize`
+    (cached: the geometry repeats from image to image)."""
+    cell = target_size[0] * input_size[0] / (valid_size[0] * mask_size[0])  # output pixels per low-res row
+    size = max(2, min(32, round(cell * _BLOCK_CELLS)))
+    rows, row_span = _block_spans(target_size[0], valid_size[0], input_size[0], mask_size[0], size, device)
+    cols, col_span = _block_spans(target_size[1], valid_size[1], input_size[1], mask_size[1], size, device)
+    return _BlockGrid(size, target_size[0], target_size[1], rows, cols, row_span, col_span)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -657,7 +662,7 @@ def post_process_panoptic(
             continue
         low_logits = mask_logits[i, kept]
         logits = undo_padding_and_resize(low_logits, input_size, valid[i], targets[i])
-        grid = _BlockGrid.build(tuple(low_logits.shape[-2:]), input_size, valid[i], targets[i], low_logits.device)
+        grid = _block_grid(tuple(low_logits.shape[-2:]), input_size, valid[i], targets[i], low_logits.device)
         segmentation, segments = _panoptic_segments(
             logits, grid, low_logits, scores[i, kept], labels[i, kept], mask_threshold, overlap_mask_area_threshold, stuff_ids
         )
