@@ -583,15 +583,15 @@ def _panoptic_segments(
 
     # block level: (N, BY, BX) bounds of probabilities and weighted probabilities
     low, high = grid.bounds(low_logits)
-    # the output logits differ from the convex combinations bounded here by float32 rounding (< 1e-5 relative), which
-    # moves sigmoid(logit) by < 1e-3 relative for |logit| < 100
+    # the output logits differ from the convex combinations bounded here by float32 rounding (< 1e-6 of the largest
+    # logit), which moves sigmoid(logit) by < 1e-3 relative while logits stay below 500; 1e-30 covers underflow
     prob_low, prob_high = low.sigmoid().mul_(1 - 1e-3).sub_(1e-30), high.sigmoid().mul_(1 + 1e-3).add_(1e-30)
     surely_in, surely_out = prob_low >= mask_threshold, prob_high < mask_threshold
     best_low, block_winner = (scores[:, None, None] * prob_low).max(0)  # (BY, BX)
     # the winner is certain where no other query's upper bound reaches its lower bound
     contenders = (scores[:, None, None] * prob_high >= best_low).sum(0)
     settled = (contenders == 1) & (surely_in | surely_out).all(0)
-    settled &= low_logits.abs().amax() < 500  # the float32 rounding margin above assumes moderate logits
+    settled &= low_logits.abs().amax() < 500
     block_code = block_winner + num * surely_in.gather(0, block_winner[None])[0]  # winner, + N if in its mask
 
     # pixel level, in the blocks not settled: (N, M)
