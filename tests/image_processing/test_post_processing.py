@@ -125,9 +125,7 @@ def test_instance_binary_maps_keep_overlaps():
     binary = maps["segmentation"]
     assert binary.dtype == torch.bool and binary.shape == (len(flat["segments_info"]), *TARGETS[0])
     expected = undo_padding_and_resize(mask_logits[0], (INPUT, INPUT), valid_sizes(TARGETS[:1])[0], TARGETS[0]) > 0
-    kept = sorted({first, second} & set(range(QUERIES)))
-    overlap = expected[kept[0]] & expected[kept[1]]
-    assert overlap.any() and (binary.sum(0) > 1).any()  # the overlap survives in the binary maps
+    assert (expected[first] & expected[second]).any() and (binary.sum(0) > 1).any()  # the overlap survives
     last = torch.full(TARGETS[0], -1)  # in the map the later instance wins
     for index in range(binary.shape[0]):
         last[binary[index]] = index
@@ -170,23 +168,41 @@ def test_semantic_without_windows_equals_transformers(seed):
         assert differs.float().mean() < 1e-3
 
 
-def test_semantic_first_pass_and_repair_give_the_exact_argmax():
-    # uncertain pixels exist (overlapping confident masks of different classes) and are repaired to the exact result
+def repaired_pixels(monkeypatch):
+    """Records how many pixels each call of the point-wise repair recomputes."""
+    counts = []
+    repair = post_processing._scores_at_pixels
+
+    def recording_repair(image, probs, logits, input_size, pixels):
+        counts.append(pixels.shape[0])
+        return repair(image, probs, logits, input_size, pixels)
+
+    monkeypatch.setattr(post_processing, "_scores_at_pixels", recording_repair)
+    return counts
+
+
+def test_semantic_first_pass_and_repair_give_the_exact_argmax(monkeypatch):
+    # a second class, as confident as the first, on a shifted copy of its mask: wherever both masks are on, the two
+    # classes nearly tie, so the first pass leaves those pixels uncertain and the repair recomputes them
+    repairs = repaired_pixels(monkeypatch)
     class_logits, mask_logits = realistic(batch=1, seed=6)
-    confident = (class_logits[0].softmax(-1)[:, :-1].amax(-1) > 0.5).nonzero()[:, 0]
-    mask_logits[0, confident[1]] = mask_logits[0, confident[0]] + 0.05 * torch.randn(INPUT // 4, INPUT // 4)
-    class_logits[0, :, :-1] += 0.5 * torch.randn(QUERIES, CLASSES)  # spread class mass: larger left-out bound
+    first, second = (class_logits[0].softmax(-1)[:, :-1].amax(-1) > 0.5).nonzero()[:2, 0].tolist()
+    mask_logits[0, second] = mask_logits[0, first].roll(2, dims=1)
+    class_logits[0, second, :-1] = class_logits[0, first, :-1].roll(1)
     fast = post_process_semantic(class_logits, mask_logits, [(170, 120)])[0]
     full = post_process_semantic(class_logits, mask_logits, [(170, 120)], return_scores=True)[0]
     top2 = full["segmentation_scores"].topk(2, dim=0).values
-    assert ((top2[0] - top2[1]) < 1e-2).sum() > 10  # there were close calls to repair
+    assert ((top2[0] - top2[1]) < 1e-2).sum() > 100  # close calls
+    assert len(repairs) == 1 and repairs[0] > 100  # repaired, not computed in full
     assert torch.equal(fast, full["segmentation"])
 
 
-def test_semantic_untrained_outputs_fall_back_to_full_computation():
+def test_semantic_untrained_outputs_fall_back_to_full_computation(monkeypatch):
+    repairs = repaired_pixels(monkeypatch)
     class_logits, mask_logits = torch.randn(2, QUERIES, CLASSES + 1), torch.randn(2, QUERIES, 12, 12)
     fast = post_process_semantic(class_logits, mask_logits, [(40, 50), (33, 20)])
     full = post_process_semantic(class_logits, mask_logits, [(40, 50), (33, 20)], return_scores=True)
+    assert repairs == []  # no confident query: everything computed in full
     for a, b in zip(fast, full):
         assert torch.equal(a, b["segmentation"])
 
