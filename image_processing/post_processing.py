@@ -176,7 +176,8 @@ def upsample_and_crop(mask_logits: Tensor, input_size: Size, valid_size: Size) -
 
     When the upsampling factor is a power of two (EoMT: 4), only the valid region is computed, from the
     low-resolution rows and columns it reads, with the same scale: bit-identical to upsampling everything and
-    cropping afterwards.
+    cropping afterwards when one side is kept whole (the processor's longest-side resize + padding), equal up to
+    float32 rounding (aten picks another kernel for some small outputs) when both sides are cropped.
     """
     (in_h, in_w), (valid_h, valid_w) = input_size, valid_size
     height, width = mask_logits.shape[-2:]
@@ -188,6 +189,13 @@ def upsample_and_crop(mask_logits: Tensor, input_size: Size, valid_size: Size) -
         upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
         return upsampled[:, :valid_h, :valid_w]
     rows, cols = _rows_needed(valid_h, factor_h, height), _rows_needed(valid_w, factor_w, width)
+    # aten copies the input unchanged when its size equals the output size, whatever the scale: read one more
+    # (unused) low-resolution row / column so that sizes never coincide
+    rows += int(rows == valid_h and factor_h > 1)
+    cols += int(cols == valid_w and factor_w > 1)
+    if rows > height or cols > width:
+        upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
+        return upsampled[:, :valid_h, :valid_w]
     source = mask_logits[None, :, :rows, :cols]
     # the aten op takes the output size and the scale separately (F.interpolate accepts only one of them)
     return torch.ops.aten.upsample_bilinear2d(source, [valid_h, valid_w], False, float(factor_h), float(factor_w))[0]
