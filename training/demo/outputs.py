@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from image_processing.visualization import draw_result, draw_segmentation
+from image_processing.visualization import color_palette, draw_result, draw_segmentation
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Overlay grid
@@ -26,20 +25,23 @@ def comparison_row(
     image: np.ndarray, segmentation: np.ndarray, segments_info: Sequence[Mapping[str, Any]], prediction: list[dict],
     id2label: Mapping[int, str], scale: int,
 ) -> list[Image.Image]:
-    """`[image, ground truth overlay, prediction overlay]`, each `scale` times the image size.
+    """`[image, ground truth overlay, prediction overlay]`, each `scale` times the image size, segments coloured by
+    class in both overlays.
 
     `segmentation` `(H, W)` holds the ground-truth segment ids (0: void) and `segments_info` their `label_id`;
     `prediction` is the image-segmentation pipeline's output for the image."""
     height, width = segmentation.shape
     size = (width * scale, height * scale)
     picture = Image.fromarray(image).resize(size, Image.BICUBIC)
+    class_colors = dict(zip(id2label.values(), color_palette(len(id2label))))
     ground_truth = np.kron(segmentation, np.ones((scale, scale), dtype=segmentation.dtype))
     names = {int(segment["id"]): id2label[int(segment["label_id"])] for segment in segments_info}
+    colors = {segment_id: class_colors[name] for segment_id, name in names.items()}
     if prediction:
-        predicted = draw_result(picture, upscale_prediction(prediction, size))
+        predicted = draw_result(picture, upscale_prediction(prediction, size), class_colors=class_colors)
     else:  # no query passed the score threshold
         predicted = draw_segmentation(picture, np.full(ground_truth.shape, -1), {})
-    return [picture, draw_segmentation(picture, ground_truth, names, ignore_id=0), predicted]
+    return [picture, draw_segmentation(picture, ground_truth, names, ignore_id=0, colors=colors), predicted]
 
 
 def tile(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], title: str = "") -> Image.Image:
@@ -47,7 +49,11 @@ def tile(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], ti
     optional `title` line above it, on white."""
     font = ImageFont.load_default(size=15)
     gap, header = 10, 26
-    widths = [max(row[column].width for row in rows) for column in range(len(column_titles))]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [
+        max(max(row[column].width for row in rows), int(measure.textlength(text, font=font)))
+        for column, text in enumerate(column_titles)
+    ]
     heights = [max(cell.height for cell in row) for row in rows]
     top = header * (2 if title else 1)
     canvas = Image.new("RGB", (sum(widths) + gap * (len(widths) + 1), top + sum(heights) + gap * len(rows)), "white")
@@ -81,93 +87,93 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
-def pq_row(label: str, quality: Mapping[str, float], latency_ms: float) -> list[str]:
-    keys = ("pq", "pq_things", "pq_stuff", "sq", "rq")
-    return [label, *(number(quality.get(key)) for key in keys), number(latency_ms, 2)]
+PQ_KEYS = ("pq", "pq_things", "pq_stuff", "sq", "rq")
+PQ_COLUMNS = ("PQ", "PQ things", "PQ stuff", "SQ", "RQ", "forward ms / image")
 
 
-PQ_HEADER = ("inference", "PQ", "PQ things", "PQ stuff", "SQ", "RQ", "forward ms / image")
+def pq_cells(quality: Mapping[str, float], latency_ms: float) -> list[str]:
+    return [*(number(quality.get(key)) for key in PQ_KEYS), number(latency_ms, 2)]
+
+
+def setup_sentence(summary: Mapping[str, Any]) -> str:
+    """The data, model and schedule of a run in one paragraph."""
+    recipe, total = summary["recipe"], summary["timings"]["total"]
+    side = recipe["image_size"]
+    return (
+        f"A small EoMT (ViT {recipe['hidden_size']} wide with {recipe['num_hidden_layers']} blocks, patch "
+        f"{recipe['patch_size']}, {recipe['num_queries']} queries, masked attention possible in the last "
+        f"{recipe['num_blocks']} blocks) trained from scratch for {recipe['steps']} steps of {recipe['batch_size']} "
+        f"crops on {recipe['num_train']} generated {side}x{side} scenes (difficulty {recipe['difficulty']}, COCO "
+        f"panoptic layout in `data/`) and evaluated on {recipe['num_val']} validation scenes; seed {summary['seed']}. "
+        f"{duration(total['wall_s'])} in all, {duration(total['cpu_s'])} of CPU time ({summary['machine']})."
+    )
 
 
 def demo_report(summary: Mapping[str, Any]) -> str:
     """`report.md` of `eomt demo` from the summary `run_demo` returns."""
-    recipe, quality, latency = summary["recipe"], summary["pq"], summary["forward_ms_per_image"]
-    timings = summary["timings"]
-    total = timings["total"]
-    lines = [
-        "# EoMT demo",
-        "",
-        f"A small EoMT (ViT {recipe['hidden_size']} wide, {recipe['num_hidden_layers']} blocks, patch "
-        f"{recipe['patch_size']}, {recipe['num_queries']} queries, masked attention in the last {recipe['num_blocks']} "
-        f"blocks) trained from scratch with mask annealing for {recipe['steps']} steps of {recipe['batch_size']} crops "
-        f"on {recipe['num_train']} generated {recipe['image_size']}x{recipe['image_size']} scenes (difficulty "
-        f"{recipe['difficulty']}, COCO panoptic layout in `data/`), evaluated on the {recipe['num_val']} validation "
-        f"scenes. Seed {summary['seed']}; {duration(total['wall_s'])} in all ({duration(total['cpu_s'])} of CPU time).",
-        "",
-        markdown_table(PQ_HEADER, [
-            pq_row("mask-free (default)", quality["mask-free"], latency["mask-free"]),
-            pq_row("masked attention kept", quality["masked"], latency["masked"]),
-        ]),  # fmt: skip
-        "",
-        "Forward latency: median of single-image forward passes on this machine "
-        f"({summary['machine']}).",
-        "",
-        "![validation images, ground truth and mask-free predictions](overlays.png)",
-        "",
-        "![training loss](loss.png)",
-        "",
-        "![masked-attention probability per block](annealing.png)",
-        "",
-        "## Timings",
-        "",
-        markdown_table(("phase", "wall", "CPU"), [
-            [name, duration(phase["wall_s"]), duration(phase["cpu_s"])] for name, phase in timings.items()
-        ]),  # fmt: skip
-        "",
-        "## Recipe",
-        "",
-        markdown_table(("setting", "value"), [[f"`{key}`", f"`{value}`"] for key, value in recipe.items()]),
-        "",
-        "The trained model and its image processor are in `model/`: "
-        '`pipeline("image-segmentation", model="model")` loads them.',
-        "",
-    ]
-    return "\n".join(lines)
+    quality, latency = summary["pq"], summary["forward_ms_per_image"]
+    results = markdown_table(("inference", *PQ_COLUMNS), [
+        ["mask-free (default)", *pq_cells(quality["mask-free"], latency["mask-free"])],
+        ["masked attention kept", *pq_cells(quality["masked"], latency["masked"])],
+    ])  # fmt: skip
+    timings = markdown_table(
+        ("phase", "wall", "CPU"),
+        [[name, duration(phase["wall_s"]), duration(phase["cpu_s"])] for name, phase in summary["timings"].items()],
+    )
+    recipe = markdown_table(("setting", "value"), [[f"`{key}`", f"`{value}`"] for key, value in summary["recipe"].items()])
+    return f"""# EoMT demo
+
+{setup_sentence(summary)} Mask annealing lowers the masked-attention probability of each block from 1 to 0 during
+training, so the model runs mask-free; the second row keeps masked attention at inference instead.
+
+{results}
+
+Latency: median time of a single-image forward pass on this machine.
+
+![validation images, ground truth and mask-free predictions](overlays.png)
+
+![training loss](loss.png)
+
+![masked-attention probability per block](annealing.png)
+
+The trained model and its image processor are in `model/`: `pipeline("image-segmentation", model=".../model")`
+loads them.
+
+## Timings
+
+{timings}
+
+## Recipe
+
+{recipe}
+"""
 
 
 def ablation_table(summary: Mapping[str, Any]) -> str:
-    """The ablation's Markdown table: one row per variant, PQ with its own inference mode and forward latency."""
-    rows = []
-    for letter, (name, result) in zip("abcdefgh", summary["variants"].items()):
-        quality = result["pq"]
-        rows.append([f"({letter}) {result['title']}", *pq_row("", quality, result["forward_ms_per_image"])[1:]])
-    return markdown_table(("variant", *PQ_HEADER[1:]), rows)
+    """The ablation's Markdown table: one row per variant, its PQ with its own inference mode and forward latency."""
+    rows = [
+        [f"({letter}) {result['title']}", *pq_cells(result["pq"], result["forward_ms_per_image"])]
+        for letter, result in zip("abc", summary["variants"].values())
+    ]
+    return markdown_table(("variant", *PQ_COLUMNS), rows)
 
 
 def ablation_report(summary: Mapping[str, Any]) -> str:
     """`ablation.md` of `eomt demo --ablation` from the summary `run_ablation` returns."""
-    recipe, total = summary["recipe"], summary["timings"]["total"]
-    notes = [
-        f"- ({letter}) run mask-free: PQ {number(result['pq_mask_free_inference']['pq'])}"
-        for letter, result in zip("abcdefgh", summary["variants"].values())
-        if "pq_mask_free_inference" in result
-    ]
-    lines = [
-        "# EoMT ablation: masked attention and mask annealing",
-        "",
-        f"The same generated data ({recipe['num_train']} training / {recipe['num_val']} validation "
-        f"{recipe['image_size']}x{recipe['image_size']} scenes, difficulty {recipe['difficulty']}), model shape, "
-        f"{recipe['steps']} steps of {recipe['batch_size']} crops and seed ({summary['seed']}) for every variant. "
-        f"Forward latency: median of single-image forward passes, the three models in turns ({summary['machine']}). "
-        f"{duration(total['wall_s'])} in all ({duration(total['cpu_s'])} of CPU time).",
-        "",
-        ablation_table(summary),
-        "",
-        *notes,
-        "",
-    ]
-    return "\n".join(lines)
+    masked = summary["variants"]["masked"]
+    return f"""# EoMT ablation: masked attention and mask annealing
+
+{setup_sentence(summary)} Every variant has the same data, model shape, schedule and seed.
+
+{ablation_table(summary)}
+
+Latency: median time of a single-image forward pass, the three models measured in turns on this machine. Model (a)
+run mask-free scores PQ {number(masked["pq_mask_free_inference"]["pq"])}: a model trained with masked attention needs
+it at inference unless the masks are annealed away during training, as in (b).
+"""

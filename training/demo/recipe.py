@@ -45,7 +45,7 @@ class DemoRecipe:
     image_size: int = 128
     num_train: int = 600
     num_val: int = 100
-    difficulty: float = 0.3
+    difficulty: float = 0.5
 
     hidden_size: int = 128
     num_hidden_layers: int = 6
@@ -169,13 +169,13 @@ def demo_trainer(
         str(output_dir), learning_rate=recipe.learning_rate, per_device_train_batch_size=recipe.batch_size,
         per_device_eval_batch_size=16, max_steps=recipe.steps, logging_steps=max(1, recipe.steps // 100),
         bf16=recipe.bf16, use_cpu=True, seed=seed, save_strategy="no", report_to="none", disable_tqdm=not progress,
-        dataloader_num_workers=0,
+        dataloader_num_workers=1, dataloader_persistent_workers=True,
     )  # fmt: skip
     trainer = EoMTTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=make_eval_dataset(data_dir, "val"),
         processing_class=demo_processor(recipe, info), callbacks=[EpochCallback(train_dataset)],
         layer_decay=recipe.layer_decay, head_warmup_steps=round(recipe.head_warmup * recipe.steps),
-        backbone_warmup_steps=round(recipe.backbone_warmup * recipe.steps), mask_annealing=variant.annealing,
+        backbone_warmup_steps=round(recipe.backbone_warmup * recipe.steps), mask_annealing=variant.annealing, eval_loss=False,
     )  # fmt: skip
     if progress:
         trainer.remove_callback(ProgressCallback)

@@ -1,8 +1,13 @@
-"""`eomt demo` and `eomt demo --ablation`: generate the data, train, evaluate, measure and write the outputs."""
+"""`eomt demo` and `eomt demo --ablation`: generate the data, train, evaluate, measure and write the outputs.
+
+Both run torch with one intra-op thread (`THREADS`). The demo's model is small, so its kernels are short: with two
+threads on a machine that also runs other work, OpenMP's idle threads spin between kernels and a training step took
+5-7x longer (wall and CPU time) than with one thread, while on an idle machine a second thread gains little. The CPU time
+of a one-thread run is about its wall time on an idle machine, which is what the demo's budget is set by.
+"""
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
@@ -12,22 +17,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from transformers import pipeline
 
-from ..annealing import unwrap_model
 from ..curves import plot_training_curves
-from ..data import load_coco_panoptic, make_eval_dataset
-from ..metrics import PanopticQuality
+from ..data import EvalDataset
+from ..evaluation import PANOPTIC_POSTPROCESS, inference_attention
+from ..run import write_json
+from ..trainer import EoMTTrainer
 from .outputs import ablation_report, comparison_row, demo_report, tile
-from .recipe import ABLATION, ANNEALED, MASKED, DemoRecipe, Variant, demo_trainer, write_demo_data
+from .recipe import ABLATION, ANNEALED, MASKED, DemoRecipe, demo_trainer, write_demo_data
 
-THREADS = 2  # torch intra-op threads: the demo is sized for 2 CPU cores
-PANOPTIC_POSTPROCESS = {"threshold": 0.8, "overlap_mask_area_threshold": 0.8}
+THREADS = 1  # torch intra-op threads; see the module docstring
 OVERLAY_ROWS = 4
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside the block, restored afterwards."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 class Stopwatch:
@@ -51,36 +66,12 @@ class Stopwatch:
         return {key: sum(phase[key] for phase in self.phases.values()) for key in ("wall_s", "cpu_s")}
 
 
-@contextmanager
-def attention_mode(model: nn.Module, masked: bool) -> Iterator[None]:
-    """Every masked block at probability 1 (`masked`) or 0 (mask-free) inside the block; restored afterwards."""
-    probs = unwrap_model(model).attn_mask_probs
-    saved = probs.detach().clone()
-    with torch.no_grad():
-        probs.fill_(1.0 if masked else 0.0)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            probs.copy_(saved)
-
-
-def evaluate_pq(trainer, masked: bool) -> dict[str, float]:
-    """PQ / SQ / RQ (percent, all, things, stuff) of the trainer's model on its evaluation set."""
-    model, processor, dataset = trainer.model.eval(), trainer.processing_class, trainer.eval_dataset
-    info = dataset.info
-    metric = PanopticQuality(info.num_labels, info.thing_ids, info.id2label)
-    with attention_mode(model, masked), torch.inference_mode():
-        for start in range(0, len(dataset), 16):
-            examples = [dataset[index] for index in range(start, min(len(dataset), start + 16))]
-            inputs = processor([example["image"] for example in examples])
-            outputs = model(pixel_values=inputs["pixel_values"])
-            results = processor.post_process_panoptic_segmentation(
-                outputs, target_sizes=[example["image"].shape[:2] for example in examples], **PANOPTIC_POSTPROCESS
-            )
-            for result, example in zip(results, examples):
-                metric.update(result["segmentation"], result["segments_info"], example["segmentation"], example["segments_info"])
-    return metric.compute()
+def evaluate_pq(trainer: EoMTTrainer, masked: bool) -> dict[str, float]:
+    """PQ / SQ / RQ (percent; all, things, stuff) of the trainer's model on its evaluation set: `trainer.evaluate()`
+    mask-free, or with masked attention in every masked block (`masked`)."""
+    trainer.eval_masked_attention = masked
+    metrics = trainer.evaluate()
+    return {key.removeprefix("eval_"): value for key, value in metrics.items() if key.startswith(("eval_pq", "eval_sq", "eval_rq"))}
 
 
 def forward_latency(
@@ -94,7 +85,7 @@ def forward_latency(
             for name, (model, masked) in models.items():
                 model.eval()
                 image = pixel_values[round_index % len(pixel_values)][None]
-                with attention_mode(model, masked):
+                with inference_attention(model, masked):
                     start = time.perf_counter()
                     model(pixel_values=image)
                     elapsed = time.perf_counter() - start
@@ -103,14 +94,27 @@ def forward_latency(
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
-def sample_pixel_values(trainer, count: int = 8) -> torch.Tensor:
+def sample_pixel_values(trainer: EoMTTrainer, count: int = 8) -> torch.Tensor:
+    """Model inputs `(count, 3, S, S)` of the first validation images."""
     dataset = trainer.eval_dataset
     images = [dataset[index]["image"] for index in range(min(count, len(dataset)))]
     return trainer.processing_class(images)["pixel_values"]
 
 
-def _json(path: Path, content: Any) -> None:
-    path.write_text(json.dumps(content, indent=2, default=float) + "\n")
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def summary_of(recipe: DemoRecipe, seed: int, clock: Stopwatch, **results: Any) -> dict[str, Any]:
+    """What the JSON outputs hold: the settings, `results`, the timings and the machine."""
+    return {
+        "seed": seed,
+        "recipe": recipe.summary(),
+        **results,
+        "timings": {**clock.phases, "total": clock.total()},
+        "machine": machine(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -126,40 +130,35 @@ def run_demo(
     Returns what `metrics.json` holds."""
     recipe = recipe or DemoRecipe()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(THREADS)
     clock = Stopwatch()
-    with clock("data generation"):
-        data_dir = write_demo_data(output_dir / "data", recipe, seed)
-    trainer = demo_trainer(recipe, data_dir, output_dir, seed, ANNEALED, progress)
-    with clock("training"):
-        trainer.train()
-    with clock("evaluation"):
-        quality = {"mask-free": evaluate_pq(trainer, masked=False), "masked": evaluate_pq(trainer, masked=True)}
-    model = trainer.model
-    with clock("latency"):
-        latency = forward_latency({"mask-free": (model, False), "masked": (model, True)}, sample_pixel_values(trainer))
-    with clock("outputs"):
-        model_dir = output_dir / "model"
-        model.save_pretrained(model_dir)
-        trainer.processing_class.save_pretrained(model_dir)
-        overlay_grid(model_dir, trainer.eval_dataset, output_dir / "overlays.png")
-        plot_training_curves(trainer.state.log_history, output_dir)
-    summary = {
-        "seed": seed,
-        "recipe": recipe.summary(),
-        "pq": {mode: result for mode, result in quality.items()},
-        "forward_ms_per_image": latency,
-        "timings": {**clock.phases, "total": clock.total()},
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine(),
-    }
-    _json(output_dir / "metrics.json", summary)
+    with torch_threads(THREADS):
+        with clock("data generation"):
+            data_dir = write_demo_data(output_dir / "data", recipe, seed)
+        trainer = demo_trainer(recipe, data_dir, output_dir, seed, ANNEALED, progress)
+        with clock("training"):
+            trainer.train()
+        history = list(trainer.state.log_history)  # before the evaluations add their records
+        with clock("evaluation"):
+            quality = {"mask-free": evaluate_pq(trainer, masked=False), "masked": evaluate_pq(trainer, masked=True)}
+        model = trainer.model
+        with clock("latency"):
+            inputs = sample_pixel_values(trainer)
+            latency = forward_latency({"mask-free": (model, False), "masked": (model, True)}, inputs)
+        with clock("outputs"):
+            model_dir = output_dir / "model"
+            model.save_pretrained(model_dir)
+            trainer.processing_class.save_pretrained(model_dir)
+            overlay_grid(model_dir, trainer.eval_dataset, output_dir / "overlays.png")
+            plot_training_curves(history, output_dir)
+        summary = summary_of(recipe, seed, clock, pq=quality, forward_ms_per_image=latency)
+    write_json(output_dir / "metrics.json", summary)
     (output_dir / "report.md").write_text(demo_report(summary))
     return summary
 
 
-def overlay_grid(model_dir: Path, eval_dataset, path: Path, rows: int = OVERLAY_ROWS, scale: int = 2) -> Path:
+def overlay_grid(
+    model_dir: Path, eval_dataset: EvalDataset, path: Path, rows: int = OVERLAY_ROWS, scale: int = 2
+) -> Path:
     """Image / ground truth / prediction of the first `rows` validation images, the predictions made by
     `pipeline("image-segmentation")` on the saved model (so the grid also shows that it loads)."""
     segmenter = pipeline("image-segmentation", model=str(model_dir), device="cpu")
@@ -171,13 +170,8 @@ def overlay_grid(model_dir: Path, eval_dataset, path: Path, rows: int = OVERLAY_
         comparison_row(example["image"], example["segmentation"], example["segments_info"], prediction, id2label, scale)
         for example, prediction in zip(examples, predictions)
     ]
-    grid = tile(cells, ["image", "ground truth", "prediction (mask-free)"])
-    grid.save(path, format="PNG")
+    tile(cells, ["image", "ground truth", "prediction (mask-free)"]).save(path, format="PNG")
     return path
-
-
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -193,34 +187,26 @@ def run_ablation(
     `output_dir` (the data set to `output_dir/data`). Returns what `ablation.json` holds."""
     recipe = recipe or DemoRecipe()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(THREADS)
     clock = Stopwatch()
-    with clock("data generation"):
-        data_dir = write_demo_data(output_dir / "data", recipe, seed)
     results: dict[str, dict[str, Any]] = {}
     models: dict[str, tuple[nn.Module, bool]] = {}
-    for variant in ABLATION:
-        trainer = demo_trainer(recipe, data_dir, output_dir, seed, variant, progress)
-        with clock(f"training: {variant.name}"):
-            trainer.train()
-        with clock(f"evaluation: {variant.name}"):
-            results[variant.name] = {"pq": evaluate_pq(trainer, variant.masked_inference)}
-            if variant is MASKED:  # what dropping the masks at inference costs a model trained with them
-                results[variant.name]["pq_mask_free_inference"] = evaluate_pq(trainer, masked=False)
-        models[variant.name] = (trainer.model, variant.masked_inference)
-    with clock("latency"):
-        latency = forward_latency(models, sample_pixel_values(trainer))
-    for name, value in latency.items():
-        results[name]["forward_ms_per_image"] = value
-    summary = {
-        "seed": seed,
-        "recipe": recipe.summary(),
-        "variants": {variant.name: {"title": variant.title, **results[variant.name]} for variant in ABLATION},
-        "timings": {**clock.phases, "total": clock.total()},
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine(),
-    }
-    _json(output_dir / "ablation.json", summary)
+    with torch_threads(THREADS):
+        with clock("data generation"):
+            data_dir = write_demo_data(output_dir / "data", recipe, seed)
+        for variant in ABLATION:
+            trainer = demo_trainer(recipe, data_dir, output_dir, seed, variant, progress)
+            with clock(f"training: {variant.name}"):
+                trainer.train()
+            with clock(f"evaluation: {variant.name}"):
+                results[variant.name] = {"title": variant.title, "pq": evaluate_pq(trainer, variant.masked_inference)}
+                if variant is MASKED:  # what dropping the masks at inference costs a model trained with them
+                    results[variant.name]["pq_mask_free_inference"] = evaluate_pq(trainer, masked=False)
+            models[variant.name] = (trainer.model, variant.masked_inference)
+        with clock("latency"):
+            latency = forward_latency(models, sample_pixel_values(trainer))
+        for name, value in latency.items():
+            results[name]["forward_ms_per_image"] = value
+        summary = summary_of(recipe, seed, clock, variants=results)
+    write_json(output_dir / "ablation.json", summary)
     (output_dir / "ablation.md").write_text(ablation_report(summary))
     return summary
