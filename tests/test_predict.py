@@ -1,6 +1,8 @@
 """`eomt predict`: result files checked for format and against the processor + model called directly, inputs of
 every kind (directories, globs, batches, checkpoint formats), and bad input (exit status, one-line errors)."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from image_processing import EoMTImageProcessor, rgb_to_id
 from modeling_eomt import EoMTForUniversalSegmentation
@@ -121,6 +124,13 @@ def test_instance_rles_keep_overlaps_and_match_direct_post_processing(workspace,
         overlapping += int((masks.sum(0) > 1).sum())
         assert (tmp_path / "overlays" / f"{path.stem}.png").is_file()
     assert overlapping > 0  # overlapping instances are kept, not painted over
+    ground_truth = COCO()  # pycocotools reads the file as detection results
+    ground_truth.dataset = {"images": [{"id": path.stem} for path in paths], "annotations": [],
+                            "categories": [{"id": label} for label in range(4)]}  # fmt: skip
+    ground_truth.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = ground_truth.loadRes(str(tmp_path / "predictions.json"))
+    assert len(results.getAnnIds()) == len(detections)
 
 
 def test_semantic_png_matches_direct_sliding_windows_and_batches_equal_single_images(workspace, tmp_path):
