@@ -172,25 +172,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Callable[..., Any]:
-    """Move `model` to `device`, set it up for `dtype` and return its forward: `(pixel_values, patch_offsets=None)
-    -> outputs`, in inference mode, taking float32 `pixel_values` on any device.
+    """Move `model` to `device` and return its forward for `dtype`: `(pixel_values, patch_offsets=None) -> outputs`,
+    in inference mode, taking float32 `pixel_values` on any device.
 
-    bfloat16: the parameters are cast (float32's range, so nothing overflows; the fastest on CPU and GPU), the
-    buffers (RoPE frequencies, attention-mask probabilities) stay float32. float16: autocast, as the authors run
-    inference (matrix products in float16, normalisation and softmax in float32, where float16 would overflow)."""
+    bfloat16 and float16 run under autocast, as the authors run inference: matrix products and convolutions in
+    half precision, normalisation and softmax in float32, the weights kept in float32. On CPU, bfloat16 autocast
+    is as fast as casting the weights (measured: `benchmarks/predict.py`) and closer to float32; float16 has no
+    fast CPU kernels."""
     model.to(device).eval()
-    input_dtype, context = torch.float32, contextlib.nullcontext()
-    if dtype == torch.bfloat16:
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.data = parameter.data.to(dtype)
-        input_dtype = dtype
-    elif dtype == torch.float16:
-        context = torch.autocast(device.type, dtype=torch.float16)
+    half = dtype in (torch.bfloat16, torch.float16)
+    context = torch.autocast(device.type, dtype=dtype) if half else contextlib.nullcontext()
 
     def forward(pixel_values: torch.Tensor, patch_offsets: list[torch.Tensor] | None = None) -> Any:
         with torch.inference_mode(), context:
-            return model(pixel_values.to(device, input_dtype), patch_offsets=patch_offsets)
+            return model(pixel_values.to(device), patch_offsets=patch_offsets)
 
     return forward
 
