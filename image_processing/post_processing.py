@@ -19,22 +19,28 @@ segments, labels, scores rounded to 6 decimals, pixel maps) when transformers' g
 * geometry: transformers upsamples every mask to its square `size` and crops `get_size_with_aspect_ratio(...)`,
   which is wrong for non-square inputs (`do_pad=False`) and, for semantic segmentation without windows, never
   removes padding. Here the input size and valid region are explicit.
-* semantic segmentation does not upsample every query to the full input. Queries whose best class probability is
-  below `_KEPT_CLASS_PROB` and classes whose total probability is below `_CANDIDATE_CLASS_SCORE` are left out of a
-  first pass; their largest possible contribution bounds the error of that pass. Pixels whose winning class is
-  not certain under that bound (a thin band along class boundaries) are recomputed exactly from all queries and
-  classes, point by point. The resulting map is the argmax of the exact scores; it can differ from transformers'
-  only where two classes tie within float32 rounding (the tests measure the differing pixels: none). With
-  `return_scores=True` all scores are computed in full (same values as transformers up to float32 rounding of the
-  class sum).
-* panoptic and instance segmentation drop the queries that cannot yield a segment (no object, class score below
-  `threshold`) before upsampling; this is exact, as every later step is per query or only involves kept queries.
-* empty results: the map is `-1` as `torch.long` (transformers returns a float map in that case).
+* speed without changing the result. Panoptic and instance segmentation drop the queries that cannot yield a
+  segment (no object, class score below `threshold`) before upsampling, which is exact as every later step is per
+  query or only involves kept queries. Panoptic segmentation then settles whole blocks of pixels from bounds on
+  the logits (`_BlockGrid`: the minimum and maximum of the low-resolution logits a block reads) where they fix
+  the winning query and each query's side of `mask_threshold`; the remaining blocks (along mask edges) are
+  computed pixel by pixel with transformers' operations, so maps, areas and segments are identical. Semantic
+  segmentation first scores only the queries whose best class probability reaches `_KEPT_CLASS_PROB` and the
+  classes whose total probability reaches `_CANDIDATE_CLASS_SCORE`; the largest possible contribution of the rest
+  bounds the error of that pass, and the pixels whose class it leaves uncertain (along class boundaries) are
+  recomputed exactly, point by point, from all queries and classes. The map is thus the argmax of the exact
+  scores and can differ from transformers' only where two classes tie within float32 rounding (none in the
+  tests). With `return_scores=True` all scores are computed in full.
+* sliding windows are merged from explicit `patch_offsets` and `resized_sizes` (transformers re-derives the
+  resized size from `target_sizes` and its own `size`).
+* maps are always `torch.long`; empty results give a map of `-1` (transformers returns float maps for instance
+  segmentation and for empty panoptic results).
 * logits in bf16/fp16 are upcast to float32 first (transformers would compute in the low precision).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +125,24 @@ def _valid_sizes(valid_sizes: Any, count: int, input_size: Size) -> list[Size]:
     return sizes
 
 
+def _whole_images(
+    class_queries_logits: Tensor, masks_queries_logits: Tensor, target_sizes: Any, input_size: Any, valid_sizes: Any
+) -> tuple[Tensor, Tensor, Size, list[Size], list[Size]]:
+    """Checked float32 logits, input size, target and valid sizes of outputs that hold one whole image each."""
+    class_logits, mask_logits = _check_outputs(class_queries_logits, masks_queries_logits)
+    input_size = _input_size(input_size, mask_logits)
+    targets = _size_list("target_sizes", target_sizes, class_logits.shape[0], "image")
+    return class_logits, mask_logits, input_size, targets, _valid_sizes(valid_sizes, class_logits.shape[0], input_size)
+
+
+def _segments_info(ids: Tensor, label_ids: Tensor, scores: Tensor) -> list[dict[str, Any]]:
+    """transformers' `segments_info`: scores rounded to 6 decimals (one device sync for all segments)."""
+    return [
+        {"id": segment_id, "label_id": label_id, "score": round(score, 6)}
+        for segment_id, label_id, score in zip(ids.tolist(), label_ids.tolist(), scores.tolist())
+    ]
+
+
 def _class_id_tensor(name: str, class_ids: Sequence[int] | None, num_classes: int, device: torch.device) -> Tensor:
     ids = torch.as_tensor(list(class_ids) if class_ids is not None else [], dtype=torch.long)
     bad = ids[(ids < 0) | (ids >= num_classes)]
@@ -152,7 +176,8 @@ def upsample_and_crop(mask_logits: Tensor, input_size: Size, valid_size: Size) -
 
     When the upsampling factor is a power of two (EoMT: 4), only the valid region is computed, from the
     low-resolution rows and columns it reads, with the same scale: bit-identical to upsampling everything and
-    cropping afterwards.
+    cropping afterwards when one side is kept whole (the processor's longest-side resize + padding), equal up to
+    float32 rounding (aten picks another kernel for some small outputs) when both sides are cropped.
     """
     (in_h, in_w), (valid_h, valid_w) = input_size, valid_size
     height, width = mask_logits.shape[-2:]
@@ -164,6 +189,13 @@ def upsample_and_crop(mask_logits: Tensor, input_size: Size, valid_size: Size) -
         upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
         return upsampled[:, :valid_h, :valid_w]
     rows, cols = _rows_needed(valid_h, factor_h, height), _rows_needed(valid_w, factor_w, width)
+    # aten copies the input unchanged when its size equals the output size, whatever the scale: read one more
+    # (unused) low-resolution row / column so that sizes never coincide
+    rows += int(rows == valid_h and factor_h > 1)
+    cols += int(cols == valid_w and factor_w > 1)
+    if rows > height or cols > width:
+        upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
+        return upsampled[:, :valid_h, :valid_w]
     source = mask_logits[None, :, :rows, :cols]
     # the aten op takes the output size and the scale separately (F.interpolate accepts only one of them)
     return torch.ops.aten.upsample_bilinear2d(source, [valid_h, valid_w], False, float(factor_h), float(factor_w))[0]
@@ -175,21 +207,32 @@ def undo_padding_and_resize(mask_logits: Tensor, input_size: Size, valid_size: S
     return resize_bilinear(upsample_and_crop(mask_logits, input_size, valid_size), target_size)
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_taps(out_size: int, in_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """For each output index of a bilinear resize `in_size -> out_size` (align_corners=False): the two source
-    indices and their weights, computed as torch's kernel computes them."""
+    indices and their weights, computed as torch's kernel computes them (cached: read-only tensors)."""
     scale = float(torch.tensor(in_size / out_size, dtype=torch.float32))  # float32 ratio, as torch's kernel
-    # torch computes scale * (i + 0.5) - 0.5 with one rounding (a fused multiply-add): exact in float64, rounded once
-    source = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
+    # torch computes scale * (i + 0.5) - 0.5 with one rounding (a fused multiply-add): exact in float64 (on the CPU,
+    # as some accelerators lack float64), rounded once
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
     index0 = source.long().clamp(max=in_size - 1)
     index1 = torch.where(index0 < in_size - 1, index0 + 1, index0)
     weight1 = (source - index0).clamp(0, 1)
-    return index0, index1, 1 - weight1, weight1
+    return index0.to(device), index1.to(device), (1 - weight1).to(device), weight1.to(device)
+
+
+def _float32_above(value: float) -> float:
+    """The smallest float32 strictly greater than `value`: `x > value` (in float64) iff `x >= _float32_above(value)`
+    for float32 `x`, a comparison that stays in float32."""
+    candidate = torch.tensor(value, dtype=torch.float32)
+    if float(candidate) <= value:
+        candidate = torch.nextafter(candidate, torch.tensor(float("inf")))
+    return float(candidate)
 
 
 def _block_spans(out_len: int, valid_len: int, input_len: int, low_len: int, block: int, device: torch.device) -> tuple[Tensor, int]:
     """Along one axis, for blocks of `block` output pixels: the first low-resolution index each block reads through
-    `undo_padding_and_resize` (one extra index on each side) and the longest span read by any block."""
+    `undo_padding_and_resize` (with torch's own bilinear taps) and the longest span read by any block."""
     if out_len == valid_len:
         first = last = torch.arange(out_len, device=device)
     else:
@@ -216,14 +259,6 @@ class _BlockGrid:
     col_starts: Tensor  # (BX,)
     row_span: int
     col_span: int
-
-    @classmethod
-    def build(cls, mask_size: Size, input_size: Size, valid_size: Size, target_size: Size, device: torch.device) -> "_BlockGrid":
-        cell = target_size[0] * input_size[0] / (valid_size[0] * mask_size[0])  # output pixels per low-res row
-        size = max(2, min(32, round(cell * _BLOCK_CELLS)))
-        rows, row_span = _block_spans(target_size[0], valid_size[0], input_size[0], mask_size[0], size, device)
-        cols, col_span = _block_spans(target_size[1], valid_size[1], input_size[1], mask_size[1], size, device)
-        return cls(size, target_size[0], target_size[1], rows, cols, row_span, col_span)
 
     def bounds(self, low_logits: Tensor) -> tuple[Tensor, Tensor]:
         """Minimum and maximum `(N, BY, BX)` of the low-resolution logits `(N, h, w)` each block reads."""
@@ -256,6 +291,17 @@ class _BlockGrid:
         return per_block[rows[:, None], cols[None, :]]
 
 
+@functools.lru_cache(maxsize=64)
+def _block_grid(mask_size: Size, input_size: Size, valid_size: Size, target_size: Size, device: torch.device) -> _BlockGrid:
+    """The blocks of a `target_size` map whose logits come from `mask_size` logits through `undo_padding_and_resize`
+    (cached: the geometry repeats from image to image)."""
+    cell = target_size[0] * input_size[0] / (valid_size[0] * mask_size[0])  # output pixels per low-res row
+    size = max(2, min(32, round(cell * _BLOCK_CELLS)))
+    rows, row_span = _block_spans(target_size[0], valid_size[0], input_size[0], mask_size[0], size, device)
+    cols, col_span = _block_spans(target_size[1], valid_size[1], input_size[1], mask_size[1], size, device)
+    return _BlockGrid(size, target_size[0], target_size[1], rows, cols, row_span, col_span)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Semantic segmentation
 # --------------------------------------------------------------------------------------------------------------------
@@ -282,8 +328,9 @@ class _View:
 @dataclass(frozen=True)
 class _SemanticImage:
     views: tuple[_View, ...]
-    canvas: Size  # the (resized) image the views tile
+    canvas: Size  # the (resized) image the views tile, each spanning it across
     target: Size
+    axis: int = 0  # the axis along which the views follow each other
 
 
 def _semantic_layout(
@@ -301,6 +348,8 @@ def _semantic_layout(
         valid = _valid_sizes(valid_sizes, num_outputs, input_size)
         return [_SemanticImage((_View(i, 0, 0, *valid[i]),), valid[i], target_sizes[i]) for i in range(num_outputs)]
 
+    if valid_sizes is not None:
+        raise ValueError("valid_sizes is for inputs without windows; with patch_offsets the windows are not padded")
     offsets = [offset.tolist() if isinstance(offset, Tensor) else list(offset) for offset in patch_offsets]
     if len(offsets) != num_outputs:
         raise ValueError(f"patch_offsets has {len(offsets)} windows but the outputs hold {num_outputs}")
@@ -326,19 +375,35 @@ def _semantic_layout(
             vertical = target_sizes[i][0] > target_sizes[i][1]
             long_side = max(end for _, _, end in image_windows)
             canvas = (long_side, input_size[1]) if vertical else (input_size[0], long_side)
-        views = []
-        for j, start, end in image_windows:
-            window = input_size[0] if vertical else input_size[1]
-            long_side = canvas[0] if vertical else canvas[1]
-            if end - start != window or start < 0 or start >= long_side:
-                raise ValueError(
-                    f"patch_offsets[{j}] = ({i}, {start}, {end}) is not a {window}-pixel window inside image {i}'s "
-                    f"resized size {canvas}"
-                )
-            top, left = (start, 0) if vertical else (0, start)
-            views.append(_View(j, top, left, min(input_size[0], canvas[0] - top), min(input_size[1], canvas[1] - left)))
-        images.append(_SemanticImage(tuple(views), canvas, target_sizes[i]))
+        views = _window_views(i, image_windows, canvas, vertical, input_size)
+        images.append(_SemanticImage(views, canvas, target_sizes[i], axis=0 if vertical else 1))
     return images
+
+
+def _window_views(image: int, windows: list[tuple[int, int, int]], canvas: Size, vertical: bool, input_size: Size) -> tuple[_View, ...]:
+    """Views of one image's windows `(output, start, end)` along the longer side of its resized size `canvas`,
+    checked to be input-sized and to cover the image."""
+    axis = 0 if vertical else 1
+    window, long_side, short_side = input_size[axis], canvas[axis], canvas[1 - axis]
+    if short_side > input_size[1 - axis]:
+        raise ValueError(f"image {image}'s resized size {canvas} is larger across than its windows ({input_size})")
+    covered = 0
+    for j, start, end in sorted(windows, key=lambda window_: window_[1]):
+        if end - start != window or not 0 <= start < long_side:
+            raise ValueError(
+                f"patch_offsets[{j}] = ({image}, {start}, {end}) is not a {window}-pixel window inside image {image}'s "
+                f"resized size {canvas}"
+            )
+        if start > covered:
+            break
+        covered = max(covered, end)
+    if covered < long_side:
+        raise ValueError(f"the windows of image {image} leave part of its resized size {canvas} uncovered (from {covered})")
+    views = []
+    for j, start, _ in windows:  # in the given order: overlapping windows are summed in that order
+        top, left = (start, 0) if vertical else (0, start)
+        views.append(_View(j, top, left, min(input_size[0], canvas[0] - top), min(input_size[1], canvas[1] - left)))
+    return tuple(views)
 
 
 def _merged_scores(image: _SemanticImage, probs: list[Tensor], logits: list[Tensor], input_size: Size) -> Tensor:
@@ -348,17 +413,20 @@ def _merged_scores(image: _SemanticImage, probs: list[Tensor], logits: list[Tens
     for view, view_probs, view_logits in zip(image.views, probs, logits):
         mask_probs = upsample_and_crop(view_logits, input_size, (view.height, view.width)).sigmoid_()
         scores.append((view_probs.T @ mask_probs.flatten(1)).view(-1, view.height, view.width))  # (C, vh, vw)
-    regions = [(slice(None), slice(v.top, v.top + v.height), slice(v.left, v.left + v.width)) for v in image.views]
     if len(scores) == 1 and tuple(scores[0].shape[1:]) == image.canvas:
         return resize_bilinear(scores[0], image.target)
-    # sum and count per pixel, then average, as transformers' merge_image_patches (adding to zero is exact)
-    count = scores[0].new_zeros((1, *image.canvas))
-    for region in regions:
-        count[region] += 1
+    # sum and count per pixel, then average, as transformers' merge_image_patches; the windows span the canvas
+    # across, so the count varies along one axis only
+    regions = [(slice(None), slice(v.top, v.top + v.height), slice(v.left, v.left + v.width)) for v in image.views]
+    count = torch.zeros(image.canvas[image.axis])  # windows per row (axis 0) or column (axis 1)
+    for view in image.views:
+        start, length = (view.top, view.height) if image.axis == 0 else (view.left, view.width)
+        count[start : start + length] += 1
     total = scores[0].new_zeros((scores[0].shape[0], *image.canvas))
     for region, view_scores in zip(regions, scores):
         total[region] += view_scores
-    return resize_bilinear(total.div_(count.clamp_(min=1)), image.target)
+    count = count.to(total.device)
+    return resize_bilinear(total.div_(count[:, None] if image.axis == 0 else count), image.target)
 
 
 def _scores_at_pixels(image: _SemanticImage, probs: Tensor, logits: Tensor, input_size: Size, pixels: Tensor) -> Tensor:
@@ -401,13 +469,17 @@ def _semantic_map(image: _SemanticImage, probs: Tensor, logits: Tensor, input_si
     exact point-wise repair of the pixels that pass cannot decide (see the module docstring)."""
     outputs = [view.output for view in image.views]
     view_probs = probs[outputs]  # (V, Q, K)
+
+    def exact_map() -> Tensor:
+        return _merged_scores(image, list(view_probs), [logits[j] for j in outputs], input_size).max(0).indices
+
     kept = view_probs.amax(-1) >= _KEPT_CLASS_PROB  # (V, Q)
     class_bound = view_probs.sum(1).amax(0)  # (K,): no score of class c exceeds its total probability
-    left_out = (view_probs * ~kept[..., None]).sum(1).amax(0)  # (K,): most the left-out queries add to class c
+    left_out = (view_probs * ~kept[..., None]).sum(1).amax(0)  # (K,): the most the left-out queries add to class c
     candidates = class_bound >= _CANDIDATE_CLASS_SCORE
-    num_kept, num_candidates = kept.sum(1).amax(), candidates.sum()
-    if int(num_candidates) == 0 or 2 * int(num_kept) > probs.shape[1]:
-        return _merged_scores(image, list(view_probs), [logits[j] for j in outputs], input_size).max(0).indices
+    num_candidates = int(candidates.sum())
+    if num_candidates == 0 or 2 * int(kept.sum(1).amax()) > probs.shape[1]:
+        return exact_map()
 
     classes = candidates.nonzero()[:, 0]
     partial = _merged_scores(
@@ -418,13 +490,14 @@ def _semantic_map(image: _SemanticImage, probs: Tensor, logits: Tensor, input_si
     )  # (C, H, W) from the kept queries only
     best_score, best = partial.max(0)
     slack = 1e-4 * max(1.0, float(class_bound.max()))  # covers float32 rounding here and in the exact scores
-    rivals = (partial + left_out[classes, None, None] >= (best_score - slack)).sum(0)  # classes that might still win
-    other_bound = class_bound[~candidates].max() if int(num_candidates) < class_bound.numel() else class_bound.new_tensor(0.0)
-    uncertain = (rivals > 1) | (best_score <= other_bound + slack)
-    segmentation = classes[best]
+    rivals = (partial + left_out[classes, None, None] >= (best_score - slack)).sum(0)  # classes that may still win
+    uncertain = rivals > 1
+    if num_candidates < class_bound.numel():  # a class left out of the pass could win where the best score is low
+        uncertain |= best_score <= class_bound[~candidates].max() + slack
     pixels = uncertain.nonzero()  # (M, 2)
     if pixels.shape[0] > _MAX_REPAIR_FRACTION * uncertain.numel():
-        return _merged_scores(image, list(view_probs), [logits[j] for j in outputs], input_size).max(0).indices
+        return exact_map()
+    segmentation = classes[best]
     if pixels.shape[0]:
         segmentation[pixels[:, 0], pixels[:, 1]] = _scores_at_pixels(image, probs, logits, input_size, pixels).argmax(1)
     return segmentation
@@ -518,14 +591,15 @@ def _panoptic_segments(
 
     # block level: (N, BY, BX) bounds of probabilities and weighted probabilities
     low, high = grid.bounds(low_logits)
-    # the output logits differ from the convex combinations bounded here by float32 rounding (< 1e-5 relative), which
-    # moves sigmoid(logit) by < 1e-3 relative for |logit| < 100
+    # the output logits differ from the convex combinations bounded here by float32 rounding (< 1e-6 of the largest
+    # logit), which moves sigmoid(logit) by < 1e-3 relative while logits stay below 500; 1e-30 covers underflow
     prob_low, prob_high = low.sigmoid().mul_(1 - 1e-3).sub_(1e-30), high.sigmoid().mul_(1 + 1e-3).add_(1e-30)
     surely_in, surely_out = prob_low >= mask_threshold, prob_high < mask_threshold
     best_low, block_winner = (scores[:, None, None] * prob_low).max(0)  # (BY, BX)
     # the winner is certain where no other query's upper bound reaches its lower bound
     contenders = (scores[:, None, None] * prob_high >= best_low).sum(0)
     settled = (contenders == 1) & (surely_in | surely_out).all(0)
+    settled &= low_logits.abs().amax() < 500
     block_code = block_winner + num * surely_in.gather(0, block_winner[None])[0]  # winner, + N if in its mask
 
     # pixel level, in the blocks not settled: (N, M)
@@ -537,13 +611,12 @@ def _panoptic_segments(
 
     areas = grid.areas()
     mask_area = in_mask.sum(1, dtype=torch.int32).long() + (surely_in & settled).mul(areas).flatten(1).sum(1)
-    code_area = torch.bincount(pixel_code, minlength=2 * num) + torch.bincount(
-        block_code[settled], weights=areas[settled].double(), minlength=2 * num
-    ).long()
+    code_area = torch.bincount(pixel_code, minlength=2 * num).scatter_add_(0, block_code[settled], areas[settled])
     kept_area = code_area[num:]  # pixels won with probability >= mask_threshold
     won_area = code_area[:num] + kept_area
-    ratio = won_area / mask_area  # float32, as transformers computes it; compared in float64 as Python does
-    valid = (won_area > 0) & (mask_area > 0) & (kept_area > 0) & (ratio.double() > overlap_mask_area_threshold)
+    ratio = won_area / mask_area  # float32, as transformers computes it, which then compares it in float64
+    large_enough = ratio >= _float32_above(overlap_mask_area_threshold)
+    valid = (won_area > 0) & (mask_area > 0) & (kept_area > 0) & large_enough
 
     fusable = valid & torch.isin(labels, stuff_classes)
     same_stuff = (labels[:, None] == labels[None, :]) & fusable[None, :]  # (N, N)
@@ -555,12 +628,7 @@ def _panoptic_segments(
     segmentation = grid.expand(code_to_segment[block_code])
     segmentation.view(-1)[pixels] = code_to_segment[pixel_code]
 
-    ids, label_ids, segment_scores = segment_ids[opens].tolist(), labels[opens].tolist(), scores[opens].tolist()
-    segments = [
-        {"id": segment_id, "label_id": label_id, "score": round(score, 6)}
-        for segment_id, label_id, score in zip(ids, label_ids, segment_scores)
-    ]
-    return segmentation, segments
+    return segmentation, _segments_info(segment_ids[opens], labels[opens], scores[opens])
 
 
 def post_process_panoptic(
@@ -584,11 +652,10 @@ def post_process_panoptic(
     """
     if stuff_classes is not None and label_ids_to_fuse is not None and set(stuff_classes) != set(label_ids_to_fuse):
         raise ValueError(f"stuff_classes {list(stuff_classes)} and label_ids_to_fuse {list(label_ids_to_fuse)} disagree; pass one")
-    class_logits, mask_logits = _check_outputs(class_queries_logits, masks_queries_logits)
-    batch, _, num_labels = class_logits.shape[0], class_logits.shape[1], class_logits.shape[2] - 1
-    input_size = _input_size(input_size, mask_logits)
-    targets = _size_list("target_sizes", target_sizes, batch, "image")
-    valid = _valid_sizes(valid_sizes, batch, input_size)
+    class_logits, mask_logits, input_size, targets, valid = _whole_images(
+        class_queries_logits, masks_queries_logits, target_sizes, input_size, valid_sizes
+    )
+    batch, num_labels = class_logits.shape[0], class_logits.shape[-1] - 1
     stuff = stuff_classes if stuff_classes is not None else label_ids_to_fuse
     stuff_ids = _class_id_tensor("stuff_classes" if stuff_classes is not None else "label_ids_to_fuse", stuff, num_labels, class_logits.device)
 
@@ -603,7 +670,7 @@ def post_process_panoptic(
             continue
         low_logits = mask_logits[i, kept]
         logits = undo_padding_and_resize(low_logits, input_size, valid[i], targets[i])
-        grid = _BlockGrid.build(tuple(low_logits.shape[-2:]), input_size, valid[i], targets[i], low_logits.device)
+        grid = _block_grid(tuple(low_logits.shape[-2:]), input_size, valid[i], targets[i], low_logits.device)
         segmentation, segments = _panoptic_segments(
             logits, grid, low_logits, scores[i, kept], labels[i, kept], mask_threshold, overlap_mask_area_threshold, stuff_ids
         )
@@ -641,11 +708,7 @@ def _instance_segments(
     kept = ((mask_area > 0) & (scores >= threshold)).nonzero()[:, 0]
     kept_masks = masks[kept]  # (I, H, W)
     segmentation = kept_masks if return_binary_maps else instance_map(kept_masks)
-    segments = [
-        {"id": index, "label_id": label_id, "score": round(score, 6)}
-        for index, (label_id, score) in enumerate(zip(labels[kept].tolist(), scores[kept].tolist()))
-    ]
-    return segmentation, segments
+    return segmentation, _segments_info(torch.arange(kept.numel()), labels[kept], scores[kept])
 
 
 def post_process_instance(
@@ -664,16 +727,13 @@ def post_process_instance(
     probability inside the mask; those scoring at least `threshold` are kept. With `return_binary_maps`,
     `"segmentation"` is instead the `(I, H, W)` boolean masks of the instances, overlaps included (for metrics).
     """
-    class_logits, mask_logits = _check_outputs(class_queries_logits, masks_queries_logits)
-    batch = class_logits.shape[0]
-    input_size = _input_size(input_size, mask_logits)
-    targets = _size_list("target_sizes", target_sizes, batch, "image")
-    valid = _valid_sizes(valid_sizes, batch, input_size)
-
+    class_logits, mask_logits, input_size, targets, valid = _whole_images(
+        class_queries_logits, masks_queries_logits, target_sizes, input_size, valid_sizes
+    )
     class_scores, labels = class_logits.softmax(dim=-1)[..., :-1].max(-1)  # (B, Q), best real class
     candidates = class_scores >= threshold  # the final score never exceeds the class score
     results = []
-    for i in range(batch):
+    for i in range(class_logits.shape[0]):
         kept = candidates[i].nonzero()[:, 0]
         logits = undo_padding_and_resize(mask_logits[i, kept], input_size, valid[i], targets[i])
         segmentation, segments = _instance_segments(logits, class_scores[i, kept], labels[i, kept], threshold, return_binary_maps)

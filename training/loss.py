@@ -347,6 +347,8 @@ class MaskClassificationLoss(nn.Module):
         class_labels: Sequence[Tensor],
         intermediate_masks_queries_logits: Sequence[Tensor] | None = None,
         intermediate_class_queries_logits: Sequence[Tensor] | None = None,
+        *,
+        average_num_masks: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """
         Args:
@@ -356,6 +358,8 @@ class MaskClassificationLoss(nn.Module):
             class_labels: per image `(n_i,)` integer classes in `[0, num_labels)`.
             intermediate_masks_queries_logits, intermediate_class_queries_logits: the predictions before each masked
                 block, first block first (deep supervision); None or empty for none.
+            average_num_masks: average `num_masks` across processes (a collective); False uses this batch's count
+                alone (evaluation, where processes run different numbers of batches).
 
         Returns:
             The weighted total loss and the unweighted components: `loss_mask`, `loss_dice`, `loss_cross_entropy` for
@@ -376,7 +380,11 @@ class MaskClassificationLoss(nn.Module):
             )
         check_targets(mask_labels, class_labels, batch_size, self.num_labels, tuple(masks_queries_logits.shape[-2:]))
 
-        num_masks = average_across_processes(sum(len(classes) for classes in class_labels), masks_queries_logits.device)
+        num_masks = sum(len(classes) for classes in class_labels)
+        if average_num_masks:
+            num_masks = average_across_processes(num_masks, masks_queries_logits.device)
+        else:
+            num_masks = torch.tensor(float(num_masks), device=masks_queries_logits.device)
         num_masks = num_masks.clamp(min=1)
         # Intermediate levels first, then the final one (the order of the random draws of transformers' EoMT loss).
         levels = [(f"_block{i}", masks, classes) for i, (masks, classes) in enumerate(zip(intermediate_masks, intermediate_classes))]

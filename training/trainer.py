@@ -9,10 +9,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import EvalLoopOutput
 
 from .annealing import MaskAnnealingCallback, unwrap_model
+from .evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention, is_evaluation_dataset
 from .loss import MaskClassificationLoss
+from .metrics.distributed import all_reduce_sum, is_distributed
 from .optim import layer_decay_parameter_groups, two_stage_warmup_poly_schedule
 
 logger = logging.getLogger(__name__)
@@ -70,11 +74,17 @@ class EoMTTrainer(Trainer):
     - schedule: `two_stage_warmup_poly_schedule` over the training steps (`args.lr_scheduler_type` and
       `args.warmup_*` are not used; pass `optimizers=(optimizer, scheduler)` to replace both);
     - `MaskAnnealingCallback` (first in the callback list) unless `mask_annealing=False`;
-    - `EoMTDataCollator` unless another collator is given.
+    - `EoMTDataCollator` unless another collator is given;
+    - streaming evaluation on the data sets of `training.data.make_eval_dataset` (original images and ground truth):
+      batch by batch, the image processor (`processing_class`, an `EoMTImageProcessor`) prepares the inputs, the
+      model runs mask-free, the predictions are post-processed to the original sizes and added to the task's metric
+      (PQ, mask AP or mIoU); nothing is accumulated but the metric's state. `evaluate()` returns `eval_pq`, `eval_sq`,
+      `eval_rq` (+ `_things` / `_stuff`), `eval_ap*` or `eval_miou` / `eval_pixel_accuracy`, reduced over processes,
+      and `eval_loss` (the final prediction's loss on the non-crowd targets at the input resolution). Per-class
+      results of the last evaluation are kept in `eval_per_class`. Other eval data sets (`pixel_values` + targets)
+      get `Trainer`'s loop and only `eval_loss`.
 
-    Batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `training.loss`). Evaluation is
-    `Trainer`'s default for now; a streaming evaluation can override `evaluation_loop` and call `loss_and_outputs`
-    batch by batch.
+    Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `training.loss`).
 
     Args (besides `Trainer`'s):
         loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(model.config)`.
@@ -84,6 +94,11 @@ class EoMTTrainer(Trainer):
             (the authors decay every parameter: False).
         mask_annealing: True for the default `MaskAnnealingCallback()` (paper schedule derived from the number of
             steps), a configured callback, or False to leave `attn_mask_probs` alone.
+        eval_masked_attention: evaluate with masked attention in every masked block (`attn_mask_probs` 1) instead of
+            mask-free (0, what an annealed model runs); the probabilities are restored afterwards.
+        eval_loss: compute `eval_loss` in the streaming evaluation.
+        postprocess_kwargs: arguments of the processor's post-processing in the streaming evaluation (defaults:
+            `training.evaluation.PANOPTIC_POSTPROCESS` / `INSTANCE_POSTPROCESS`).
     """
 
     loss_is_scaled_for_ga = False  # the loss is a per-batch mean: `training_step` divides it by the accumulation steps
@@ -104,6 +119,9 @@ class EoMTTrainer(Trainer):
         poly_power: float = 0.9,
         exclude_from_weight_decay: bool = False,
         mask_annealing: bool | MaskAnnealingCallback = True,
+        eval_masked_attention: bool = False,
+        eval_loss: bool = True,
+        postprocess_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -130,6 +148,10 @@ class EoMTTrainer(Trainer):
         self.backbone_warmup_steps = backbone_warmup_steps
         self.poly_power = poly_power
         self.exclude_from_weight_decay = exclude_from_weight_decay
+        self.eval_masked_attention = eval_masked_attention
+        self.eval_loss = eval_loss
+        self.postprocess_kwargs = postprocess_kwargs
+        self.eval_per_class: dict[str, Any] = {}
         self.label_names = list(TARGET_KEYS)  # kept by `remove_unused_columns`; eval computes `eval_loss`
         self._install_annealing(mask_annealing)
         self._component_sums: dict[str, Tensor] = {}
@@ -190,6 +212,142 @@ class EoMTTrainer(Trainer):
             logs.update({name: value for name, value in zip(names, values.tolist())})
             self._component_sums, self._component_batches = {}, 0
         super().log(logs, start_time)
+
+    # ---- streaming evaluation ----
+
+    def get_eval_dataloader(self, eval_dataset: str | Any | None = None) -> DataLoader:
+        """This process's share of an evaluation data set (see `training.evaluation.evaluation_dataloader`); other
+        data sets get `Trainer`'s loader."""
+        dataset = self.eval_dataset[eval_dataset] if isinstance(eval_dataset, str) else eval_dataset
+        dataset = self.eval_dataset if dataset is None else dataset
+        if not is_evaluation_dataset(dataset):
+            return super().get_eval_dataloader(eval_dataset)
+        args = self.args
+        workers = args.dataloader_num_workers
+        return evaluation_dataloader(
+            dataset,
+            args.eval_batch_size,
+            args.process_index,
+            args.world_size,
+            num_workers=workers,
+            pin_memory=args.dataloader_pin_memory and args.device.type == "cuda",
+            **({"prefetch_factor": args.dataloader_prefetch_factor} if workers and args.dataloader_prefetch_factor else {}),
+        )
+
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        dataset = getattr(dataloader, "dataset", None)
+        if not is_evaluation_dataset(dataset):
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        return self.streaming_evaluation_loop(dataloader, dataset.info, metric_key_prefix)
+
+    def streaming_evaluation_loop(self, dataloader: DataLoader, info: Any, metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        """Pre-process, forward, post-process and update the metric batch by batch (see the class docstring)."""
+        processor = self.processing_class
+        if not hasattr(processor, "post_process_panoptic_segmentation"):
+            raise ValueError(
+                f"evaluating on {info.name} needs the image processor: pass processing_class=EoMTImageProcessor(...) "
+                f"to EoMTTrainer (got {type(processor).__name__})"
+            )
+        model = self._evaluation_model()
+        config = unwrap_model(model).config
+        if config.num_labels != info.num_labels:
+            raise ValueError(
+                f"the model predicts {config.num_labels} classes but {info.name} has {info.num_labels}: load the model "
+                f"with num_labels={info.num_labels} (and reinitialize_heads=True) to fine-tune on it"
+            )
+        evaluator = SegmentationEvaluator(info, processor, self.postprocess_kwargs)
+        model.eval()
+        self.callback_handler.eval_dataloader = dataloader
+        totals = torch.zeros(3, dtype=torch.float64)  # images, loss x rows, rows with a loss
+        rng_devices = [self.args.device] if self.args.device.type == "cuda" else []
+        with inference_attention(model, self.eval_masked_attention), torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(self.args.seed)  # the loss samples points: the same draws every evaluation
+            for examples in self._lockstep(dataloader):
+                if examples is None:  # other processes still have batches: match their forward passes
+                    self._placeholder_forward(model)
+                    continue
+                totals += self._evaluation_step(model, evaluator, examples)
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        num_images, loss_sum, loss_rows = all_reduce_sum([totals])[0].tolist()
+        results = evaluator.compute(per_class=True)
+        self.eval_per_class = next((results.pop(key) for key in list(results) if key.startswith("per_class")), {})
+        if loss_rows > 0:
+            results["loss"] = loss_sum / loss_rows
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in results.items()}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(num_images))
+
+    def _evaluation_step(self, model: nn.Module, evaluator: SegmentationEvaluator, examples: dict[str, list]) -> Tensor:
+        """One batch of evaluation examples: inputs, forward, loss, post-processing, metric update. Returns
+        `(images, loss x rows, rows)` (rows: images or windows; the loss terms are 0 without `eval_loss`)."""
+        device = self.args.device
+        inputs = evaluator.preprocess(examples, with_targets=self.eval_loss)
+        rows = inputs["pixel_values"].shape[0]
+        loss_terms = [0.0, 0.0]
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            outputs = model(pixel_values=inputs["pixel_values"].to(device), patch_offsets=inputs.get("patch_offsets"))
+            if self.eval_loss:
+                loss, _ = self.loss_fn(
+                    outputs.masks_queries_logits,
+                    outputs.class_queries_logits,
+                    [masks.to(device) for masks in inputs["mask_labels"]],
+                    [labels.to(device) for labels in inputs["class_labels"]],
+                    average_num_masks=False,
+                )
+                loss_terms = [loss.item() * rows, rows]
+        logits = {
+            "class_queries_logits": outputs.class_queries_logits.float(),
+            "masks_queries_logits": outputs.masks_queries_logits.float(),
+            "patch_offsets": inputs.get("patch_offsets"),
+        }
+        evaluator.update(evaluator.postprocess(logits, inputs["original_sizes"]), examples)
+        return torch.tensor([len(examples["image"]), *loss_terms], dtype=torch.float64)
+
+    def _placeholder_forward(self, model: nn.Module) -> None:
+        """A forward pass on a blank input of the model's size, for a process that has run out of batches."""
+        config = unwrap_model(model).config
+        side = (config.grid_size[0] * config.patch_size, config.grid_size[1] * config.patch_size)
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            model(pixel_values=torch.zeros(1, config.num_channels, *side, device=self.args.device))
+
+    def _lockstep(self, dataloader: DataLoader):
+        """This process's batches, then None while any other process still has batches, so that every process runs
+        the same number of forward passes (FSDP and DeepSpeed ZeRO-3 gather parameters in every forward)."""
+        if not is_distributed():
+            yield from dataloader
+            return
+        batches = iter(dataloader)
+        while True:
+            batch = next(batches, None)
+            busy = all_reduce_sum([torch.tensor([float(batch is not None)])])[0]
+            if busy.item() == 0:
+                return
+            yield batch
+
+    def _evaluation_model(self) -> nn.Module:
+        """The model to evaluate, prepared by accelerate as `Trainer.evaluation_loop` does when called outside
+        training (DeepSpeed / FSDP wrap it; otherwise it is put on the device)."""
+        if self.is_deepspeed_enabled and self.deepspeed is None:
+            from transformers.integrations.deepspeed import deepspeed_init
+
+            deepspeed_init(self, num_training_steps=0, inference=True)
+        model = self._wrap_model(self.model, training=False)
+        if len(self.accelerator._models) == 0 and model is self.model:
+            sharded = self.is_deepspeed_enabled or (self.is_fsdp_enabled and not self.args.torch_compile)
+            model = self.accelerator.prepare(model) if sharded else self.accelerator.prepare_model(model, evaluation_mode=True)
+            if self.is_fsdp_enabled:
+                self.model = model
+            if model is not self.model:
+                self.model_wrapped = model
+            if self.is_deepspeed_enabled:
+                self.deepspeed = self.model_wrapped
+        return model
 
     # ---- optimizer and schedule ----
 

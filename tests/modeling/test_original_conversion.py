@@ -9,6 +9,7 @@ original tensors following the authors' forward pass (`authors_forward`).
 
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -464,14 +465,17 @@ def test_cli_converts_original_then_exports_to_transformers(tmp_path, capsys):
             torch.testing.assert_close(other(pixel_values).masks_queries_logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_cli_original_directory_and_bad_source(tmp_path):
+def test_cli_original_directory_and_bad_source(tmp_path, capsys):
     (tmp_path / "repo").mkdir()
     save_checkpoint(original_state_dict(source_model("dinov3")), tmp_path / "repo", "bin")
     assert main(["convert", str(tmp_path / "repo"), str(tmp_path / "out"), "--image-size", "512"]) == 0
     assert EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out").config.image_size == 512
     (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")]) == 1  # one line, no traceback
+    assert re.match(r"error: .*empty: neither a config\.json nor a pytorch_model\.bin", capsys.readouterr().err)
     with pytest.raises(ValueError, match=r"empty: neither a config\.json nor a pytorch_model\.bin"):
-        main(["convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")])
+        main(["--debug", "convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")])
 
 
 def test_original_weights_next_to_a_transformers_config(tmp_path):

@@ -1,6 +1,9 @@
 """Small generated data sets shared by the data tests (pytest fixtures; import them into a test module)."""
 
+from pathlib import Path
+
 import pytest
+from PIL import Image
 
 from training.data.synthetic import (
     synthetic_scene,
@@ -11,6 +14,16 @@ from training.data.synthetic import (
 
 SIZE, NUM_TRAIN, NUM_VAL, SEED = 48, 6, 4, 3
 VAL = 1  # the split number in synthetic scene seeds
+
+
+def crop_validation_images(root: Path, width: int) -> None:
+    """Crop the validation images and label maps of an ADE20K-style set to `width x 2/3 width` (wider than high, so
+    that semantic evaluation with sliding windows of the short side uses two windows per image)."""
+    for folder in ("images", "annotations"):
+        for path in sorted((Path(root) / folder / "validation").iterdir()):
+            with Image.open(path) as image:
+                cropped = image.crop((0, 0, width, width * 2 // 3))
+            cropped.save(path, **({"quality": 95, "subsampling": 0} if path.suffix == ".jpg" else {}))
 
 
 def val_scenes(**kwargs):

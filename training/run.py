@@ -1,0 +1,264 @@
+"""What `eomt train` and `eomt evaluate` do: data, model and processor set-up, `EoMTTrainer`, and the outputs.
+
+`train(TrainSettings(...))` writes to `output_dir`: the checkpoints of the run (`checkpoint-*`, what `resume` continues
+from), the final model and image processor (`save_pretrained`; `from_pretrained(output_dir)` and
+`pipeline("image-segmentation", model=output_dir)` load them), `metrics.json` (final evaluation), `log_history.json`
+and the curves `loss.png`, `annealing.png` (and `eval_metrics.png` with evaluations during training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from image_processing import EoMTImageProcessor
+from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
+
+from .annealing import MaskAnnealingCallback
+from .curves import plot_training_curves
+from .data import DatasetInfo, EpochCallback, load_source, make_eval_dataset, make_train_dataset
+from .settings import TASK_DEFAULTS, TrainSettings
+from .trainer import EoMTTrainer, recipe_training_arguments
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def new_model_config(settings: TrainSettings, info: DatasetInfo, image_size: int) -> dict[str, Any]:
+    """Config fields of a new model (preset or backbone) for the data set `info`."""
+    fields = {
+        "num_queries": settings.num_queries or TASK_DEFAULTS[info.task]["num_queries"],
+        "num_blocks": settings.num_blocks or 4,
+        **settings.model_config,
+    }
+    fields.update(image_size=image_size, num_labels=info.num_labels, id2label=dict(info.id2label), label2id=info.label2id)
+    return fields
+
+
+def build_model(settings: TrainSettings, info: DatasetInfo, image_size: int) -> EoMTForUniversalSegmentation:
+    """The model to train: a preset with random weights, a backbone with new heads, or an EoMT checkpoint."""
+    torch.manual_seed(settings.seed)
+    if settings.size is not None:
+        return EoMTForUniversalSegmentation(EoMTConfig.from_size(settings.size, **new_model_config(settings, info, image_size)))
+    if settings.backbone is not None:
+        from modeling_eomt.backbone_init import init_from_backbone
+
+        return init_from_backbone(settings.backbone, **new_model_config(settings, info, image_size))
+    config = EoMTConfig.from_pretrained(settings.checkpoint)
+    if config.num_labels != info.num_labels:
+        if not settings.reinitialize_heads:
+            raise ValueError(
+                f"{settings.checkpoint} predicts {config.num_labels} classes but {info.name} has {info.num_labels}: "
+                "pass --reinitialize-heads to train new segmentation heads for the data set's classes"
+            )
+        return EoMTForUniversalSegmentation.from_pretrained(
+            settings.checkpoint, num_labels=info.num_labels, id2label=dict(info.id2label), label2id=info.label2id,
+            reinitialize_heads=True,
+        )  # fmt: skip
+    model = EoMTForUniversalSegmentation.from_pretrained(settings.checkpoint, reinitialize_heads=settings.reinitialize_heads)
+    names = [model.config.id2label.get(index) for index in range(info.num_labels)]
+    if names != [info.id2label[index] for index in range(info.num_labels)]:
+        logger.warning("%s names its classes %s, the data set %s; training with the data set's names",
+                       settings.checkpoint, names, list(info.id2label.values()))  # fmt: skip
+        model.config.id2label, model.config.label2id = dict(info.id2label), info.label2id
+    return model
+
+
+def build_processor(info: DatasetInfo, image_size: int, pretrained: str | None = None) -> EoMTImageProcessor:
+    """The image processor for a data set: the one saved with `pretrained` if any, else the authors' set-up (square
+    `image_size` input; sliding windows for semantic segmentation); classes and stuff classes from `info`."""
+    processor = None
+    if pretrained is not None:
+        try:
+            processor = EoMTImageProcessor.from_pretrained(pretrained)
+            processor.size = {"shortest_edge": image_size, "longest_edge": image_size}
+        except OSError:  # a checkpoint saved without its processor
+            logger.info("%s has no image processor; using the default one", pretrained)
+    if processor is None:
+        processor = EoMTImageProcessor(size=image_size, do_split_image=info.task == "semantic")
+    processor.num_labels = info.num_labels
+    processor.stuff_classes = list(info.stuff_ids) if info.task == "panoptic" else None
+    return processor
+
+
+def _check_same_classes(train_info: DatasetInfo, eval_info: DatasetInfo) -> None:
+    if train_info.id2label != eval_info.id2label or train_info.task != eval_info.task:
+        raise ValueError(
+            f"the training split ({train_info.task}, {train_info.num_labels} classes) and the evaluation split "
+            f"({eval_info.task}, {eval_info.num_labels} classes) of the data set differ"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Train
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Validate the data, train, evaluate and write the outputs (see the module docstring); `callbacks` are added to
+    the trainer's. Returns the final evaluation metrics (empty without an evaluation split)."""
+    output_dir = Path(settings.output_dir)
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if settings.resume and last_checkpoint is None:
+        raise ValueError(f"--resume: no checkpoint-* folder in {output_dir} to continue from")
+    if not settings.resume and last_checkpoint is not None:
+        raise ValueError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, or choose "
+                         "another --out")  # fmt: skip
+
+    source = load_source(settings.data, settings.train_split, settings.format, settings.task)
+    info = source.info
+    image_size = resolve_image_size(settings, info)
+    train_dataset = make_train_dataset(source, input_size=image_size, seed=settings.seed)  # validates first
+    eval_dataset = None
+    if settings.eval_split is not None:
+        eval_dataset = make_eval_dataset(settings.data, settings.eval_split, format=settings.format, task=info.task)
+        _check_same_classes(info, eval_dataset.info)
+
+    trainer = EoMTTrainer(
+        model=build_model(settings, info, image_size),
+        args=_training_arguments(settings, has_eval=eval_dataset is not None),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=build_processor(info, image_size, settings.checkpoint),
+        callbacks=[EpochCallback(train_dataset), *callbacks],
+        layer_decay=settings.layer_decay,
+        head_warmup_steps=settings.head_warmup_steps,
+        backbone_warmup_steps=settings.backbone_warmup_steps,
+        poly_power=settings.poly_power,
+        mask_annealing=MaskAnnealingCallback(
+            settings.annealing_start_steps, settings.annealing_end_steps, power=settings.annealing_power
+        ),
+        eval_masked_attention=settings.eval_masked_attention,
+        postprocess_kwargs=None if settings.eval_threshold is None else {"threshold": settings.eval_threshold},
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint if settings.resume else None)
+    metrics = trainer.evaluate() if eval_dataset is not None else {}
+    trainer.save_model(str(output_dir))  # model + processor, by the main process
+    if trainer.is_world_process_zero():
+        write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class} if metrics else {})
+        write_json(output_dir / "log_history.json", trainer.state.log_history)
+        plot_training_curves(trainer.state.log_history, output_dir)
+    return metrics
+
+
+def resolve_image_size(settings: TrainSettings, info: DatasetInfo) -> int:
+    """The input side: given, else the checkpoint's, else the task's default (640, or 512 for semantic)."""
+    if settings.image_size is not None:
+        return settings.image_size
+    if settings.checkpoint is not None:
+        return config_side(EoMTConfig.from_pretrained(settings.checkpoint))
+    return int(settings.model_config.get("image_size") or TASK_DEFAULTS[info.task]["image_size"])
+
+
+def config_side(config: EoMTConfig) -> int:
+    """The side of a model's square input."""
+    size = config.image_size
+    return int(size if isinstance(size, int) else max(size))
+
+
+def _training_arguments(settings: TrainSettings, has_eval: bool):
+    eval_steps = settings.eval_steps if has_eval else None
+    return recipe_training_arguments(
+        str(settings.output_dir),
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size or settings.batch_size,
+        max_steps=settings.max_steps if settings.max_steps is not None else -1,
+        num_train_epochs=settings.epochs,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        bf16=settings.bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        dataloader_num_workers=settings.workers,
+        dataloader_persistent_workers=settings.workers > 0,
+        seed=settings.seed,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        logging_steps=settings.logging_steps,
+        report_to=settings.report_to,
+        use_cpu=settings.use_cpu,
+        disable_tqdm=not settings.progress,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluate
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    model_path: str,
+    data: str,
+    *,
+    split: str = "val",
+    format: str | None = None,
+    task: str | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    masked_attention: bool = False,
+    threshold: float | None = None,
+    use_cpu: bool = False,
+    progress: bool = True,
+    output: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluate the EoMT checkpoint `model_path` on `split` of the data set at `data` (validated first), mask-free
+    unless `masked_attention`, with the post-processing's class-score `threshold` (None: the authors' 0.8 for
+    panoptic, 0 for instance). Returns the metrics (with `per_class`) and writes them as JSON to `output` (default:
+    `eval_metrics.json` in the model folder when it is local, else in the current folder)."""
+    eval_dataset = make_eval_dataset(data, split, format=format, task=task)
+    info = eval_dataset.info
+    config = EoMTConfig.from_pretrained(model_path)
+    if config.num_labels != info.num_labels:
+        raise ValueError(
+            f"{model_path} predicts {config.num_labels} classes but {info.name} has {info.num_labels}: evaluate a "
+            "model trained on this data set's classes"
+        )
+    model = EoMTForUniversalSegmentation.from_pretrained(model_path)
+    processor = build_processor(info, config_side(config), model_path)
+    output = Path(output) if output is not None else (
+        Path(model_path) if Path(model_path).is_dir() else Path.cwd()) / "eval_metrics.json"  # fmt: skip
+    args = recipe_training_arguments(
+        str(output.parent), per_device_eval_batch_size=batch_size, dataloader_num_workers=workers, report_to="none",
+        use_cpu=use_cpu, disable_tqdm=not progress,
+    )  # fmt: skip
+    trainer = EoMTTrainer(
+        model=model, args=args, eval_dataset=eval_dataset, processing_class=processor, mask_annealing=False,
+        eval_masked_attention=masked_attention, postprocess_kwargs=None if threshold is None else {"threshold": threshold},
+    )  # fmt: skip
+    metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class}
+    if trainer.is_world_process_zero():
+        write_json(output, metrics)
+    return metrics
+
+
+def write_json(path: Path, content: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(content), indent=2) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """NaN -> None (JSON has no NaN), recursively."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,88 @@
+"""The settings of a training run (`eomt train`), with the authors' recipe as defaults; light to import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The authors' input size and number of queries per task (COCO panoptic / instance, ADE20K semantic).
+TASK_DEFAULTS = {
+    "panoptic": {"image_size": 640, "num_queries": 200},
+    "instance": {"image_size": 640, "num_queries": 200},
+    "semantic": {"image_size": 512, "num_queries": 100},
+}
+
+
+@dataclass
+class TrainSettings:
+    """Everything `eomt train` can set; the defaults are the authors' recipe.
+
+    Data: `data` (a folder in one of the layouts of `training.data.load_source`), `format` and `task` (detected when
+    None), `train_split`, `eval_split` (None: no evaluation).
+    Model, exactly one of: `size` (`S`, `B`, `L`, `g`: DINOv2 shapes, random weights), `backbone` (a DINOv2 / DINOv3
+    checkpoint directory or Hub id; new queries and heads), `checkpoint` (an EoMT checkpoint; with another number of
+    classes than the data set, `reinitialize_heads` must be set). `model_config` overrides `EoMTConfig` fields of new
+    models; `image_size` (default: the checkpoint's, else 640 / 512 for semantic), `num_queries` (200 / 100) and
+    `num_blocks` (4) apply to new models (`image_size` also to the training crops and the processor).
+    Recipe: see `EoMTTrainer` and `recipe_training_arguments`; `max_steps` wins over `epochs`; `annealing_*` as in
+    `MaskAnnealingCallback` (None: the paper's schedule over the run).
+    Evaluation: `eval_masked_attention` (see `EoMTTrainer`), `eval_threshold` (class-score threshold of panoptic /
+    instance post-processing; None: the authors' 0.8 / 0).
+    Run: `eval_steps` (None: evaluate at the end only), `save_steps`, `save_total_limit`, `logging_steps`, `resume`
+    (continue from the last checkpoint in `output_dir`), `report_to`, `use_cpu`, `progress` (tqdm bars).
+    """
+
+    data: str
+    output_dir: str
+    format: str | None = None
+    task: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    size: str | None = None
+    backbone: str | None = None
+    checkpoint: str | None = None
+    reinitialize_heads: bool = False
+    model_config: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    num_queries: int | None = None
+    num_blocks: int | None = None
+    learning_rate: float = 1e-4
+    layer_decay: float = 0.8
+    weight_decay: float = 0.05
+    max_grad_norm: float = 0.01
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    max_steps: int | None = None
+    epochs: float = 12.0
+    head_warmup_steps: int = 500
+    backbone_warmup_steps: int = 1000
+    poly_power: float = 0.9
+    annealing_power: float = 0.9
+    annealing_start_steps: list[int] | None = None
+    annealing_end_steps: list[int] | None = None
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    workers: int = 2
+    seed: int = 0
+    eval_steps: int | None = None
+    save_steps: int = 1000
+    save_total_limit: int | None = 2
+    logging_steps: int = 50
+    resume: bool = False
+    eval_masked_attention: bool = False
+    eval_threshold: float | None = None
+    report_to: str = "none"
+    use_cpu: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        sources = [name for name in ("size", "backbone", "checkpoint") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "choose the model with exactly one of --model (size preset S/B/L/g), --backbone (DINOv2/DINOv3 "
+                f"checkpoint) or --checkpoint (EoMT checkpoint); got {sources or 'none'}"
+            )
+        if self.checkpoint is not None and (self.model_config or self.num_queries or self.num_blocks):
+            raise ValueError("--model-config, --num-queries and --num-blocks shape new models; a --checkpoint keeps "
+                             "its own")  # fmt: skip
