@@ -3,6 +3,7 @@
 from .image_processing_eomt import EoMTImageProcessor
 from .inputs import to_rgb_array
 from .post_processing import (
+    instance_map,
     post_process_instance,
     post_process_panoptic,
     post_process_semantic,
@@ -20,6 +21,7 @@ __all__ = [
     "draw_result",
     "draw_segmentation",
     "id_to_rgb",
+    "instance_map",
     "instance_target",
     "panoptic_target",
     "post_process_instance",

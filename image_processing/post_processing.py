@@ -683,6 +683,16 @@ def post_process_panoptic(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def instance_map(masks: Tensor) -> Tensor:
+    """Instance id per pixel `(H, W)` long from binary masks `(I, H, W)`: the last instance covering a pixel (later
+    queries paint over earlier ones), -1 where none does."""
+    if masks.shape[0] == 0:
+        return torch.full(masks.shape[1:], -1, dtype=torch.long, device=masks.device)
+    dtype = torch.uint8 if masks.shape[0] < 255 else torch.int32
+    order = torch.arange(1, masks.shape[0] + 1, device=masks.device, dtype=dtype)[:, None, None]
+    return (masks * order).amax(0).long() - 1
+
+
 def _instance_segments(
     mask_logits: Tensor, class_scores: Tensor, labels: Tensor, threshold: float, return_binary_maps: bool
 ) -> tuple[Tensor, list[dict[str, Any]]]:
@@ -697,14 +707,7 @@ def _instance_segments(
     scores = class_scores * mask_scores
     kept = ((mask_area > 0) & (scores >= threshold)).nonzero()[:, 0]
     kept_masks = masks[kept]  # (I, H, W)
-    if return_binary_maps:
-        segmentation = kept_masks
-    elif kept.numel():  # later queries paint over earlier ones: each pixel takes the last instance covering it
-        dtype = torch.uint8 if kept.numel() < 255 else torch.int32
-        order = torch.arange(1, kept.numel() + 1, device=masks.device, dtype=dtype)[:, None, None]
-        segmentation = (kept_masks * order).amax(0).long() - 1
-    else:
-        segmentation = torch.full(masks.shape[1:], -1, dtype=torch.long, device=masks.device)
+    segmentation = kept_masks if return_binary_maps else instance_map(kept_masks)
     return segmentation, _segments_info(torch.arange(kept.numel()), labels[kept], scores[kept])
 
 

@@ -914,6 +914,34 @@ def detect_checkpoint_format(source: str | os.PathLike) -> str:
     )
 
 
+def load_checkpoint(
+    source: str | os.PathLike,
+    source_format: str = "auto",
+    delta_base: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    **overrides: Any,
+) -> EoMTForUniversalSegmentation:
+    """An `EoMTForUniversalSegmentation` (eval mode) from an EoMT checkpoint in any supported format.
+
+    `source_format`: `"auto"` (see `detect_checkpoint_format`), `"original"` (the authors' `network.` weights),
+    `"transformers"` (transformers' `Eomt(Dinov3)ForUniversalSegmentation`) or `"ours"`. `delta_base`, `dataset` and
+    `overrides` (config fields) as in `convert_original_checkpoint`."""
+    from .labels import dataset_id2label
+
+    if source_format == "auto":
+        source_format = detect_checkpoint_format(source)
+    if source_format not in CHECKPOINT_FORMATS + ("hub",):
+        raise ValueError(f"source format {source_format!r} is not one of {CHECKPOINT_FORMATS}")
+    if source_format == "original":
+        path = Path(source) / PYTORCH_NAME if Path(source).is_dir() else Path(source)
+        return convert_original_checkpoint(path, delta_base=delta_base, dataset=dataset, **overrides)
+    if delta_base is not None:
+        raise ValueError("delta_base applies to the authors' original checkpoints only")
+    if dataset is not None:
+        overrides["id2label"] = dataset_id2label(dataset)
+    return EoMTForUniversalSegmentation.from_pretrained(source, **overrides).eval()
+
+
 def convert_checkpoint(
     source: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -923,29 +951,11 @@ def convert_checkpoint(
     dataset: str | None = None,
     **overrides: Any,
 ) -> EoMTForUniversalSegmentation:
-    """Convert an EoMT checkpoint in any supported format and write it to `output_dir`.
-
-    `source_format`: `"auto"` (see `detect_checkpoint_format`), `"original"` (the authors' `network.` weights),
-    `"transformers"` (transformers' `Eomt(Dinov3)ForUniversalSegmentation`) or `"ours"`. `target_format`: `"ours"`
-    (`save_pretrained`, safetensors) or `"transformers"` (`save_as_transformers_eomt`). `delta_base`, `dataset` and
-    `overrides` (config fields) as in `convert_original_checkpoint`."""
-    from .labels import dataset_id2label
-
-    if source_format == "auto":
-        source_format = detect_checkpoint_format(source)
-    if source_format not in CHECKPOINT_FORMATS + ("hub",):
-        raise ValueError(f"source format {source_format!r} is not one of {CHECKPOINT_FORMATS}")
+    """Convert an EoMT checkpoint in any supported format (see `load_checkpoint`) and write it to `output_dir`:
+    `target_format` `"ours"` (`save_pretrained`, safetensors) or `"transformers"` (`save_as_transformers_eomt`)."""
     if target_format not in ("ours", "transformers"):
         raise ValueError(f"target format {target_format!r} is not 'ours' or 'transformers'")
-    if source_format == "original":
-        path = Path(source) / PYTORCH_NAME if Path(source).is_dir() else Path(source)
-        model = convert_original_checkpoint(path, delta_base=delta_base, dataset=dataset, **overrides)
-    else:
-        if delta_base is not None:
-            raise ValueError("delta_base applies to the authors' original checkpoints only")
-        if dataset is not None:
-            overrides["id2label"] = dataset_id2label(dataset)
-        model = EoMTForUniversalSegmentation.from_pretrained(source, **overrides).eval()
+    model = load_checkpoint(source, source_format, delta_base, dataset, **overrides)
     if target_format == "transformers":
         save_as_transformers_eomt(model, output_dir)
     else:
