@@ -45,8 +45,8 @@ def comparison_row(
 
 
 def tile(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], title: str = "") -> Image.Image:
-    """Images in a grid of left-aligned cells (one column width per column), a header row of `column_titles` and an
-    optional `title` line above it, on white."""
+    """Images in a grid of left-aligned cells (one width per column) under a `title` line (if any) and a header row
+    of `column_titles`, on white."""
     font = ImageFont.load_default(size=15)
     gap, header = 10, 26
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -56,7 +56,8 @@ def tile(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], ti
     ]
     heights = [max(cell.height for cell in row) for row in rows]
     top = header * (2 if title else 1)
-    canvas = Image.new("RGB", (sum(widths) + gap * (len(widths) + 1), top + sum(heights) + gap * len(rows)), "white")
+    width = max(sum(widths) + gap * (len(widths) + 1), int(measure.textlength(title, font=font)) + 2 * gap)
+    canvas = Image.new("RGB", (width, top + sum(heights) + gap * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((gap, 4), title, fill=(0, 0, 0), font=font)

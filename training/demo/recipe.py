@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from transformers.trainer_callback import ProgressCallback
 
-from image_processing import EoMTImageProcessor
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 
 from ..data import AugmentationConfig, DatasetInfo, EpochCallback, load_coco_panoptic, make_eval_dataset
 from ..data import make_train_dataset, write_synthetic_coco_panoptic
+from ..run import build_processor
 from ..trainer import EoMTTrainer, recipe_training_arguments
 
 
@@ -39,7 +39,7 @@ class DemoRecipe:
     random flips), AdamW with `learning_rate` and layer-wise decay `layer_decay` (1: none, the backbone is trained from
     scratch), the two-stage warm-up over the first `head_warmup` and then `backbone_warmup` fractions of the steps, and
     the paper's mask-annealing schedule (block `i` of `n` anneals during `[(i + 1) / (n + 2), (i + 2) / (n + 2)]` of
-    training). `bf16` trains under bfloat16 autocast.
+    training).
     """
 
     image_size: int = 128
@@ -63,7 +63,6 @@ class DemoRecipe:
     head_warmup: float = 0.05
     backbone_warmup: float = 0.0
     scale_range: tuple[float, float] = (0.5, 1.5)
-    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -124,11 +123,6 @@ def demo_model(recipe: DemoRecipe, info: DatasetInfo, seed: int) -> EoMTForUnive
     return EoMTForUniversalSegmentation(config)
 
 
-def demo_processor(recipe: DemoRecipe, info: DatasetInfo) -> EoMTImageProcessor:
-    """The image processor saved with the model: square `image_size` input, the data set's stuff classes fused."""
-    return EoMTImageProcessor(size=recipe.image_size, num_labels=info.num_labels, stuff_classes=list(info.stuff_ids))
-
-
 class DemoProgress(ProgressCallback):
     """One tqdm bar per training run, with the latest loss and masked-attention probabilities as its postfix instead
     of a printed line per log."""
@@ -168,16 +162,16 @@ def demo_trainer(
     args = recipe_training_arguments(
         str(output_dir), learning_rate=recipe.learning_rate, per_device_train_batch_size=recipe.batch_size,
         per_device_eval_batch_size=16, max_steps=recipe.steps, logging_steps=max(1, recipe.steps // 100),
-        bf16=recipe.bf16, use_cpu=True, seed=seed, save_strategy="no", report_to="none", disable_tqdm=not progress,
+        use_cpu=True, seed=seed, save_strategy="no", report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=1, dataloader_persistent_workers=True,
     )  # fmt: skip
     trainer = EoMTTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=make_eval_dataset(data_dir, "val"),
-        processing_class=demo_processor(recipe, info), callbacks=[EpochCallback(train_dataset)],
+        processing_class=build_processor(info, recipe.image_size), callbacks=[EpochCallback(train_dataset)],
         layer_decay=recipe.layer_decay, head_warmup_steps=round(recipe.head_warmup * recipe.steps),
         backbone_warmup_steps=round(recipe.backbone_warmup * recipe.steps), mask_annealing=variant.annealing, eval_loss=False,
     )  # fmt: skip
     if progress:
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(DemoProgress(variant.title))
+        trainer.add_callback(DemoProgress(f"training ({variant.name})"))
     return trainer

@@ -148,7 +148,9 @@ def run_demo(
             model_dir = output_dir / "model"
             model.save_pretrained(model_dir)
             trainer.processing_class.save_pretrained(model_dir)
-            overlay_grid(model_dir, trainer.eval_dataset, output_dir / "overlays.png")
+            title = (f"EoMT trained from scratch in {recipe.steps} steps: mask-free PQ {quality['mask-free']['pq']:.1f} on "
+                     f"{len(trainer.eval_dataset)} validation scenes (seed {seed}); uncoloured: no segment")  # fmt: skip
+            overlay_grid(model_dir, trainer.eval_dataset, output_dir / "overlays.png", title)
             plot_training_curves(history, output_dir)
         summary = summary_of(recipe, seed, clock, pq=quality, forward_ms_per_image=latency)
     write_json(output_dir / "metrics.json", summary)
@@ -157,9 +159,9 @@ def run_demo(
 
 
 def overlay_grid(
-    model_dir: Path, eval_dataset: EvalDataset, path: Path, rows: int = OVERLAY_ROWS, scale: int = 2
+    model_dir: Path, eval_dataset: EvalDataset, path: Path, title: str, rows: int = OVERLAY_ROWS, scale: int = 2
 ) -> Path:
-    """Image / ground truth / prediction of the first `rows` validation images, the predictions made by
+    """Image / ground truth / prediction of the first `rows` validation images under `title`, the predictions made by
     `pipeline("image-segmentation")` on the saved model (so the grid also shows that it loads)."""
     segmenter = pipeline("image-segmentation", model=str(model_dir), device="cpu")
     examples = [eval_dataset[index] for index in range(min(rows, len(eval_dataset)))]
@@ -170,7 +172,7 @@ def overlay_grid(
         comparison_row(example["image"], example["segmentation"], example["segments_info"], prediction, id2label, scale)
         for example, prediction in zip(examples, predictions)
     ]
-    tile(cells, ["image", "ground truth", "prediction (mask-free)"]).save(path, format="PNG")
+    tile(cells, ["image", "ground truth", "prediction (mask-free)"], title).save(path, format="PNG")
     return path
 
 
