@@ -17,7 +17,10 @@ from transformers import pipeline
 from modeling_eomt import EoMTForUniversalSegmentation
 from training.cli import main
 from training.data import CLASS_NAMES
+from training.annealing import MaskAnnealingCallback
 from training.demo import DemoRecipe
+from training.demo.recipe import ANNEALED, MASK_FREE, MASKED, demo_trainer
+from training.demo.run import THREADS, torch_threads
 
 PQ_KEYS = {"pq", "pq_things", "pq_stuff", "sq", "rq"}
 
@@ -93,6 +96,22 @@ def test_demo_model_loads_with_pipeline_and_segments(demo_dir):
     assert segments and {segment["label"] for segment in segments} <= set(CLASS_NAMES)
     covered = sum(np.asarray(segment["mask"]) > 0 for segment in segments)
     assert covered.shape == (40, 50) and (covered == 1).all()  # one class per pixel
+
+
+@pytest.mark.parametrize(
+    "variant, annealing, probability_after",
+    [(ANNEALED, True, 0.0), (MASKED, False, 1.0), (MASK_FREE, False, 0.0)],
+    ids=lambda value: value.name if hasattr(value, "name") else None,
+)
+def test_ablation_variants_use_masked_attention_as_named(demo_dir, tmp_path, variant, annealing, probability_after):
+    trainer = demo_trainer(DemoRecipe.quick(), demo_dir / "data", tmp_path, seed=0, variant=variant, progress=False)
+    assert any(isinstance(callback, MaskAnnealingCallback) for callback in trainer.callback_handler.callbacks) == annealing
+    assert trainer.model.attn_mask_probs.tolist() == [variant.initial_probability]
+    with torch_threads(THREADS):
+        trainer.train()
+    assert trainer.model.attn_mask_probs.tolist() == [probability_after]
+    logged = [record["attn_mask_prob_0"] for record in trainer.state.log_history if "attn_mask_prob_0" in record]
+    assert (logged[0], logged[-1]) == (1.0, 0.0) if annealing else logged == []
 
 
 def test_ablation_table(tmp_path, capsys):

@@ -7,8 +7,8 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 Command = Callable[[argparse.Namespace], int]

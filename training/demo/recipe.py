@@ -36,10 +36,20 @@ class DemoRecipe:
     16); `num_points` sampled points per mask in the matcher and the loss.
 
     Schedule (`EoMTTrainer`): `steps` optimizer steps of `batch_size` crops (large-scale jitter over `scale_range`,
-    random flips), AdamW with `learning_rate` and layer-wise decay `layer_decay` (1: none, the backbone is trained from
-    scratch), the two-stage warm-up over the first `head_warmup` and then `backbone_warmup` fractions of the steps, and
-    the paper's mask-annealing schedule (block `i` of `n` anneals during `[(i + 1) / (n + 2), (i + 2) / (n + 2)]` of
-    training).
+    random flips), AdamW with `learning_rate` and layer-wise decay `layer_decay` (1: none), the two-stage warm-up over
+    the first `head_warmup` and then `backbone_warmup` fractions of the steps, and the paper's mask-annealing schedule
+    (block `i` of `n` anneals during `[(i + 1) / (n + 2), (i + 2) / (n + 2)]` of training, all 0 at the end).
+
+    Why these defaults (measured with one torch thread on a 2-core x86-64 machine):
+    - 128 px scenes, patch 16, 2 upscale blocks: the authors' geometry (8x8 patch grid, 32x32 mask logits, all of
+      whose pixels `num_points` covers); 64 px with patch 8 learns as well but its overlays are hard to read.
+    - difficulty 0.5: up to 5 things among 2-4 stuff regions, noisy, with void blobs; PQ 79-80 at 0.3 and at 0.5.
+    - 6 blocks 128 wide, 16 queries (scenes have at most 9 segments), masked attention in the last 2 blocks (the
+      paper: 4 of 24); a training step of 8 crops takes about 0.25 s of CPU time.
+    - lr 1e-3 without layer decay or a backbone warm-up: the backbone starts from random weights (the authors' 1e-4,
+      layer decay 0.8 and 500 + 1000 warm-up steps suit a pre-trained one); milder scale jitter than COCO's 0.1-2.0.
+    - 1000 steps: mask-free PQ 79-80 on the validation split (seeds 0, 1, 2: 80.0, 79.2, 79.1) in about 4.5 minutes
+      of CPU time for the whole command; 1500 steps gave 79.8. bfloat16 autocast changed the step time by under 5%.
     """
 
     image_size: int = 128

@@ -8,6 +8,7 @@ of a one-thread run is about its wall time on an idle machine, which is what the
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
@@ -103,7 +104,14 @@ def sample_pixel_values(trainer: EoMTTrainer, count: int = 8) -> torch.Tensor:
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    """The CPU, its core count, torch's version and thread count, in words."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} thread{'s' * (threads > 1)}"
 
 
 def summary_of(recipe: DemoRecipe, seed: int, clock: Stopwatch, **results: Any) -> dict[str, Any]:
