@@ -112,7 +112,8 @@ def setup_sentence(summary: Mapping[str, Any]) -> str:
         f"{recipe['num_blocks']} blocks) trained from scratch for {recipe['steps']} steps of {recipe['batch_size']} "
         f"crops on {recipe['num_train']} generated {side}x{side} scenes (difficulty {recipe['difficulty']}, COCO "
         f"panoptic layout in `data/`) and evaluated on {recipe['num_val']} validation scenes; seed {summary['seed']}. "
-        f"{duration(total['wall_s'])} in all, {duration(total['cpu_s'])} of CPU time ({summary['machine']})."
+        f"{duration(total['wall_s'])} from data generation to the written outputs, {duration(total['cpu_s'])} of CPU "
+        f"time ({summary['machine']})."
     )
 
 
@@ -130,8 +131,10 @@ def demo_report(summary: Mapping[str, Any]) -> str:
     recipe = markdown_table(("setting", "value"), [[f"`{key}`", f"`{value}`"] for key, value in summary["recipe"].items()])
     return f"""# EoMT demo
 
-{setup_sentence(summary)} Mask annealing lowers the masked-attention probability of each block from 1 to 0 during
-training, so the model runs mask-free; the second row keeps masked attention at inference instead.
+{setup_sentence(summary)}
+
+Mask annealing lowers the masked-attention probability of each block from 1 to 0 during training, so the model runs
+mask-free; the second row keeps masked attention at inference instead.
 
 {results}
 
@@ -170,11 +173,14 @@ def ablation_report(summary: Mapping[str, Any]) -> str:
     masked = summary["variants"]["masked"]
     return f"""# EoMT ablation: masked attention and mask annealing
 
-{setup_sentence(summary)} Every variant has the same data, model shape, schedule and seed.
+{setup_sentence(summary)}
+
+Every variant has the same data, model shape, schedule and seed, and all supervise the predictions made before each
+masked block (deep supervision); they differ only in whether queries attend through their predicted masks.
 
 {ablation_table(summary)}
 
-Latency: median time of a single-image forward pass, the three models measured in turns on this machine. Model (a)
-run mask-free scores PQ {number(masked["pq_mask_free_inference"]["pq"])}: a model trained with masked attention needs
-it at inference unless the masks are annealed away during training, as in (b).
+Latency: median time of a single-image forward pass, the three models measured in turns on this machine.
+Model (a) run mask-free scores PQ {number(masked["pq_mask_free_inference"]["pq"])}: a model trained with masked
+attention needs it at inference, unless the masks are annealed away during training as in (b).
 """

@@ -1,10 +1,9 @@
 """`eomt demo` and `eomt demo --ablation`: generate the data, train, evaluate, measure and write the outputs.
 
-Both run torch with one intra-op thread (`THREADS`). The demo's model is small, so its kernels are short: with two
-threads on a machine that also runs other work, OpenMP's idle threads spin between kernels and a training step took
-5-7x longer (wall and CPU time) than with one thread, while on an idle machine a second thread gains little. The CPU time
-of a one-thread run is about its wall time on an idle machine, which is what the demo's budget is set by.
-"""
+Both run torch with one intra-op thread (`THREADS`) and read the training batches in one DataLoader worker process,
+so two cores are used without OpenMP threads waiting on each other: the demo's model is small and its kernels short,
+and with two intra-op threads on a 2-core machine that also ran other work a training step took 5-7x longer (wall
+and CPU time) than with one. The CPU time of a run is then close to its wall time on an idle machine."""
 
 from __future__ import annotations
 
@@ -72,7 +71,8 @@ def evaluate_pq(trainer: EoMTTrainer, masked: bool) -> dict[str, float]:
     mask-free, or with masked attention in every masked block (`masked`)."""
     trainer.eval_masked_attention = masked
     metrics = trainer.evaluate()
-    return {key.removeprefix("eval_"): value for key, value in metrics.items() if key.startswith(("eval_pq", "eval_sq", "eval_rq"))}
+    quality = ("eval_pq", "eval_sq", "eval_rq")
+    return {key.removeprefix("eval_"): value for key, value in metrics.items() if key.startswith(quality)}
 
 
 def forward_latency(
@@ -100,7 +100,6 @@ def sample_pixel_values(trainer: EoMTTrainer, count: int = 8) -> torch.Tensor:
     dataset = trainer.eval_dataset
     images = [dataset[index]["image"] for index in range(min(count, len(dataset)))]
     return trainer.processing_class(images)["pixel_values"]
-
 
 
 def machine() -> str:
@@ -142,8 +141,8 @@ def run_demo(
     with torch_threads(THREADS):
         with clock("data generation"):
             data_dir = write_demo_data(output_dir / "data", recipe, seed)
-        trainer = demo_trainer(recipe, data_dir, output_dir, seed, ANNEALED, progress)
         with clock("training"):
+            trainer = demo_trainer(recipe, data_dir, output_dir, seed, ANNEALED, progress)
             trainer.train()
         history = list(trainer.state.log_history)  # before the evaluations add their records
         with clock("evaluation"):
@@ -204,8 +203,8 @@ def run_ablation(
         with clock("data generation"):
             data_dir = write_demo_data(output_dir / "data", recipe, seed)
         for variant in ABLATION:
-            trainer = demo_trainer(recipe, data_dir, output_dir, seed, variant, progress)
             with clock(f"training: {variant.name}"):
+                trainer = demo_trainer(recipe, data_dir, output_dir, seed, variant, progress)
                 trainer.train()
             with clock(f"evaluation: {variant.name}"):
                 results[variant.name] = {"title": variant.title, "pq": evaluate_pq(trainer, variant.masked_inference)}
