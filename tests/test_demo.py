@@ -15,9 +15,9 @@ from PIL import Image
 from transformers import pipeline
 
 from modeling_eomt import EoMTForUniversalSegmentation
+from training.annealing import MaskAnnealingCallback
 from training.cli import main
 from training.data import CLASS_NAMES
-from training.annealing import MaskAnnealingCallback
 from training.demo import DemoRecipe
 from training.demo.recipe import ANNEALED, MASK_FREE, MASKED, demo_trainer
 from training.demo.run import THREADS, torch_threads

@@ -16,8 +16,15 @@ from transformers.trainer_callback import ProgressCallback
 
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 
-from ..data import AugmentationConfig, DatasetInfo, EpochCallback, load_coco_panoptic, make_eval_dataset
-from ..data import make_train_dataset, write_synthetic_coco_panoptic
+from ..data import (
+    AugmentationConfig,
+    DatasetInfo,
+    EpochCallback,
+    load_coco_panoptic,
+    make_eval_dataset,
+    make_train_dataset,
+    write_synthetic_coco_panoptic,
+)
 from ..run import build_processor
 from ..trainer import EoMTTrainer, recipe_training_arguments
 
