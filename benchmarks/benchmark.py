@@ -2,13 +2,16 @@
 
 Both models are built in one process with the same random weights (converted with `modeling_eomt.conversion`), checked
 to give the same outputs, and timed interleaved (ours, theirs, theirs, ours, ...) so that background load hits both
-alike; the ratios ours / transformers are medians of per-repetition ratios.
+alike; the ratios ours / transformers are medians of per-repetition ratios, with their interquartile range.
 
-    python -m benchmarks.benchmark                      # every CPU section, ViT-S/16, 2 threads
+    python -m benchmarks.benchmark                      # every CPU section, ViT-S/16, 2 threads, wall clock
     python -m benchmarks.benchmark --sections forward,training --repeats 9 --out results.json
-    eomt benchmark --size B --image-size 512            # the same through the CLI
+    OMP_WAIT_POLICY=PASSIVE eomt benchmark --clock cpu  # steadier on a machine shared with other jobs
+    eomt benchmark --device cuda --sections gpu-fps     # FPS of ViT-S/B/L in bf16 with torch.compile
 
-Sections are registered with `register_section`; a new one is a function `(context) -> list[Result]`.
+Sections: forward (mask-free and masked), end-to-end (image -> panoptic), post-processing, training (step time, peak
+memory), throughput (GFLOP/s against the matmul ceiling), fast (bf16, torch.compile), gpu-fps (CUDA only) and, on
+request, profile (operator times). A new section is a function `(context) -> list[Result]` under `register_section`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.options import add_benchmark_arguments
 from benchmarks.measure import (
     Stats,
     count_flops,
@@ -39,6 +41,7 @@ from benchmarks.measure import (
     run_memory_probe,
     time_interleaved,
 )
+from benchmarks.options import add_benchmark_arguments
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from modeling_eomt.conversion import config_to_transformers_eomt, state_dict_to_transformers_eomt
 
@@ -52,7 +55,7 @@ NUM_LABELS = 133  # COCO panoptic
 
 @dataclass
 class Result:
-    """One row of the report. Times in seconds, memory in bytes; `ratio` is ours / transformers from interleaved runs."""
+    """One row of the report: times in seconds, memory in bytes; `ratio` is ours / transformers (interleaved runs)."""
 
     section: str
     case: str
@@ -82,16 +85,18 @@ class Section:
     title: str
     run: Callable[["BenchmarkContext"], list[Result]]
     cuda_only: bool = False
+    in_all: bool = True
 
 
 SECTIONS: dict[str, Section] = {}
 
 
-def register_section(key: str, title: str, cuda_only: bool = False) -> Callable:
-    """Decorator adding `function(context) -> list[Result]` to the benchmark under `key` (run in registration order)."""
+def register_section(key: str, title: str, cuda_only: bool = False, in_all: bool = True) -> Callable:
+    """Decorator adding `function(context) -> list[Result]` to the benchmark under `key` (run in registration order);
+    `in_all=False` sections run only when `--sections` names them."""
 
     def decorator(function: Callable[["BenchmarkContext"], list[Result]]) -> Callable:
-        SECTIONS[key] = Section(key, title, function, cuda_only)
+        SECTIONS[key] = Section(key, title, function, cuda_only, in_all)
         return function
 
     return decorator
@@ -157,13 +162,24 @@ class BenchmarkContext:
     def warmup(self) -> int:
         return self.args.warmup
 
-    def model_pair(self, image_size: int | None = None, num_queries: int | None = None, size: str | None = None) -> ModelPair:
+    def model_pair(
+        self, image_size: int | None = None, num_queries: int | None = None, size: str | None = None
+    ) -> ModelPair:
         """The (cached) pair for the given shape; defaults: `--size`, `--image-size`, `--queries`."""
         key = (size or self.args.size, image_size or self.args.image_size, num_queries or self.args.queries)
         if key not in self._pairs:
             self._pairs.clear()  # one pair at a time keeps the memory of large sizes in check
-            self._pairs[key] = build_model_pair(build_config(*key, **self.config_overrides), self.device, self.args.seed)
+            self._pairs[key] = build_model_pair(
+                build_config(*key, **self.config_overrides), self.device, self.args.seed
+            )
         return self._pairs[key]
+
+    def inference_pair(self, mask_probability: float = 0.0, **shape: Any) -> ModelPair:
+        """`model_pair(**shape)` in eval mode with every `attn_mask_probs` set to `mask_probability`."""
+        pair = self.model_pair(**shape)
+        pair.ours.eval(), pair.reference.eval()
+        pair.set_mask_probability(mask_probability)
+        return pair
 
     def images(self, batch_size: int, image_size: int | None = None) -> Tensor:
         side = image_size or self.args.image_size
@@ -176,7 +192,7 @@ class BenchmarkContext:
 
 
 def max_output_difference(pair: ModelPair, pixel_values: Tensor) -> float:
-    """Largest absolute difference of the class and mask logits of the two models (a check that both compute the same)."""
+    """Largest absolute difference of the two models' class and mask logits (a check that both compute the same)."""
     with torch.inference_mode():
         ours, reference = pair.ours(pixel_values), pair.reference(pixel_values)
     return max(
@@ -200,8 +216,7 @@ def inference(model: nn.Module, pixel_values: Tensor) -> Callable[[], object]:
 
 @register_section("forward", "forward latency, batch 1, mask-free (p = 0) and masked attention (p = 1)")
 def forward_section(context: BenchmarkContext) -> list[Result]:
-    pair = context.model_pair()
-    pair.ours.eval(), pair.reference.eval()
+    pair = context.inference_pair()
     pixel_values = context.images(1)
     differences = {}
     for probability in (0.0, 1.0):
@@ -287,27 +302,40 @@ def end_to_end_section(context: BenchmarkContext) -> list[Result]:
     from image_processing import EoMTImageProcessor
 
     side = context.args.image_size
-    pair = context.model_pair()
-    pair.ours.eval(), pair.reference.eval()
-    pair.set_mask_probability(0.0)
+    pair = context.inference_pair()
     settings = {"size": {"shortest_edge": side, "longest_edge": side}, "do_pad": True}
     ours_processor, reference_processor = EoMTImageProcessor(**settings), EomtImageProcessorPil(**settings)
+    bf16 = fast_copy(pair, torch.bfloat16)
     results = []
     for batch_size in (int(size) for size in context.args.e2e_batch_sizes.split(",")):
         images = random_photos(batch_size, side * 3 // 4, side, context.args.seed)  # COCO-like 4:3, padded to square
         candidates = {
             "ours": panoptic_pipeline(ours_processor, pair.ours, images, context.device),
             "reference": panoptic_pipeline(reference_processor, pair.reference, images, context.device),
+            "ours bf16": panoptic_pipeline(ours_processor, bf16, images, context.device),
         }
         ours_maps = [result["segmentation"] for result in candidates["ours"]()]
         reference_maps = [result["segmentation"] for result in candidates["reference"]()]
         agreement = torch.stack([(a == b).float().mean() for a, b in zip(ours_maps, reference_maps)]).mean().item()
         times = context.time(candidates, f"end to end, batch {batch_size}")
-        results.append(
-            Result("end-to-end", f"image -> panoptic, batch {batch_size} ({side * 3 // 4}x{side} images)",
-                   Stats.of(times["ours"]), Stats.of(times["reference"]), paired_ratios(times["ours"], times["reference"]),
-                   notes=f"EoMTImageProcessor vs EomtImageProcessorPil, fp32; {agreement:.1%} of pixels agree (random weights)")
-        )  # fmt: skip
+        case = f"image -> panoptic, batch {batch_size} ({side * 3 // 4}x{side} images)"
+        for name, notes in (
+            (
+                "ours",
+                f"EoMTImageProcessor vs EomtImageProcessorPil, fp32; {agreement:.1%} of pixels agree (random weights)",
+            ),
+            ("ours bf16", "ours with enable_fast_inference(torch.bfloat16) vs transformers fp32"),
+        ):
+            results.append(
+                Result(
+                    "end-to-end",
+                    case if name == "ours" else f"{case}, ours bf16",
+                    Stats.of(times[name]),
+                    Stats.of(times["reference"]),
+                    paired_ratios(times[name], times["reference"]),
+                    notes=notes,
+                )
+            )
     return results
 
 
@@ -317,15 +345,25 @@ def post_processing_section(context: BenchmarkContext) -> list[Result]:
 
     args = context.args
     report = run_postprocessing_benchmark(
-        batch_sizes=(1, 2), num_queries=args.queries, input_size=args.image_size, warmup=args.warmup,
-        repeats=args.repeats, threads=args.threads, seed=args.seed,
-    )  # fmt: skip
+        batch_sizes=(1, 2),
+        num_queries=args.queries,
+        input_size=args.image_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+        seed=args.seed,
+    )
     return [
-        Result("post-processing", f"{row['task']}, batch {row['batch_size']}", Stats.of([row["ours_ms"] / 1000]),
-               Stats.of([row["transformers_ms"] / 1000]), Stats.of([row["ratio"]]),
-               notes=f"medians only; same output: {'yes' if row['same_output'] else 'NO'}")
+        Result(
+            "post-processing",
+            f"{row['task']}, batch {row['batch_size']}",
+            Stats.of([row["ours_ms"] / 1000]),
+            Stats.of([row["transformers_ms"] / 1000]),
+            Stats.of([row["ratio"]]),
+            notes=f"medians only; same output: {'yes' if row['same_output'] else 'NO'}",
+        )
         for row in report["results"]
-    ]  # fmt: skip
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -333,10 +371,15 @@ def post_processing_section(context: BenchmarkContext) -> list[Result]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def random_targets(batch_size: int, image_size: int, num_masks: int, seed: int, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
+def random_targets(
+    batch_size: int, image_size: int, num_masks: int, seed: int, device: torch.device
+) -> tuple[list[Tensor], list[Tensor]]:
     """Per image `num_masks` random binary masks `(n, H, W)` and their classes `(n,)`."""
     generator = torch.Generator().manual_seed(seed)
-    masks = [(torch.rand(num_masks, image_size, image_size, generator=generator) > 0.5).float().to(device) for _ in range(batch_size)]
+    masks = [
+        (torch.rand(num_masks, image_size, image_size, generator=generator) > 0.5).float().to(device)
+        for _ in range(batch_size)
+    ]
     classes = [torch.randint(0, NUM_LABELS, (num_masks,), generator=generator).to(device) for _ in range(batch_size)]
     return masks, classes
 
@@ -354,15 +397,20 @@ def stand_in_loss(
     final and every intermediate prediction."""
     batch_size, num_queries, height, width = masks_queries_logits.shape
     mask_targets = masks_queries_logits.new_zeros(batch_size, num_queries, height, width)
-    class_targets = torch.full((batch_size, num_queries), NUM_LABELS, dtype=torch.long, device=masks_queries_logits.device)
+    class_targets = torch.full(
+        (batch_size, num_queries), NUM_LABELS, dtype=torch.long, device=masks_queries_logits.device
+    )
     for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
         count = min(len(classes), num_queries)
-        mask_targets[index, :count] = F.interpolate(masks[None, :count].float(), size=(height, width), mode="bilinear")[0]
+        mask_targets[index, :count] = F.interpolate(masks[None, :count].float(), size=(height, width), mode="bilinear")[
+            0
+        ]
         class_targets[index, :count] = classes[:count]
     levels = [*zip(intermediate_masks_queries_logits, intermediate_class_queries_logits)]
     levels.append((masks_queries_logits, class_queries_logits))
     return sum(
-        F.binary_cross_entropy_with_logits(masks.float(), mask_targets) + F.cross_entropy(classes.float().flatten(0, 1), class_targets.flatten())
+        F.binary_cross_entropy_with_logits(masks.float(), mask_targets)
+        + F.cross_entropy(classes.float().flatten(0, 1), class_targets.flatten())
         for masks, classes in levels
     )
 
@@ -402,8 +450,10 @@ class RecordedPredictions:
         return predictions
 
 
-def training_step_function(model: nn.Module, pixel_values: Tensor, targets: tuple[list[Tensor], list[Tensor]], loss: Callable[..., Tensor]) -> Callable[[], None]:
-    """One step: zero the gradients, forward in train mode (intermediate predictions included), loss, backward, AdamW."""
+def training_step_function(
+    model: nn.Module, pixel_values: Tensor, targets: tuple[list[Tensor], list[Tensor]], loss: Callable[..., Tensor]
+) -> Callable[[], None]:
+    """One step: zero the gradients, forward in train mode (with intermediate predictions), loss, backward, AdamW."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     recorder = RecordedPredictions(model) if not isinstance(model, EoMTForUniversalSegmentation) else None
@@ -430,7 +480,9 @@ def training_setup(
     pair = build_model_pair(config, device, args.seed)
     pair.set_mask_probability(args.train_mask_prob)
     generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(args.train_batch_size, 3, args.train_image_size, args.train_image_size, generator=generator).to(device)
+    pixel_values = torch.randn(
+        args.train_batch_size, 3, args.train_image_size, args.train_image_size, generator=generator
+    ).to(device)
     targets = random_targets(args.train_batch_size, args.train_image_size, 5, args.seed, device)
     loss, loss_name = build_training_loss(pair.config)
     return pair, pixel_values, targets, loss, loss_name
@@ -451,11 +503,25 @@ def memory_probe(args: argparse.Namespace) -> None:
 
 def memory_probe_arguments(args: argparse.Namespace, which: str) -> list[str]:
     return [
-        "--memory-probe", which, "--size", args.size, "--threads", str(args.threads), "--seed", str(args.seed),
-        "--train-image-size", str(args.train_image_size), "--train-batch-size", str(args.train_batch_size),
-        "--train-queries", str(args.train_queries), "--train-mask-prob", str(args.train_mask_prob),
-        "--memory-repeats", str(args.memory_repeats),
-    ]  # fmt: skip
+        "--memory-probe",
+        which,
+        "--size",
+        args.size,
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--train-image-size",
+        str(args.train_image_size),
+        "--train-batch-size",
+        str(args.train_batch_size),
+        "--train-queries",
+        str(args.train_queries),
+        "--train-mask-prob",
+        str(args.train_mask_prob),
+        "--memory-repeats",
+        str(args.memory_repeats),
+    ]
 
 
 def cuda_peak_memory(step: Callable[[], None], repeats: int) -> list[int]:
@@ -472,7 +538,9 @@ def cuda_peak_memory(step: Callable[[], None], repeats: int) -> list[int]:
     return peaks
 
 
-@register_section("training", "training step (forward with intermediate predictions, loss, backward, AdamW) and peak memory")
+@register_section(
+    "training", "training step (forward with intermediate predictions, loss, backward, AdamW) and peak memory"
+)
 def training_section(context: BenchmarkContext) -> list[Result]:
     args = context.args
     pair, pixel_values, targets, loss, loss_name = training_setup(args, context.device, context.config_overrides)
@@ -490,12 +558,23 @@ def training_section(context: BenchmarkContext) -> list[Result]:
         f"p = {args.train_mask_prob:g}"
     )
     results = [
-        Result("training", f"step ({shape})", Stats.of(times["ours"]), Stats.of(times["reference"]),
-               paired_ratios(times["ours"], times["reference"]), notes=loss_name),
-        Result("training", "step, ours with activation checkpointing", Stats.of(times["ours-checkpointing"]),
-               Stats.of(times["reference"]), paired_ratios(times["ours-checkpointing"], times["reference"]),
-               notes="model.activation_checkpointing_enable()"),
-    ]  # fmt: skip
+        Result(
+            "training",
+            f"step ({shape})",
+            Stats.of(times["ours"]),
+            Stats.of(times["reference"]),
+            paired_ratios(times["ours"], times["reference"]),
+            notes=loss_name,
+        ),
+        Result(
+            "training",
+            "step, ours with activation checkpointing",
+            Stats.of(times["ours-checkpointing"]),
+            Stats.of(times["reference"]),
+            paired_ratios(times["ours-checkpointing"], times["reference"]),
+            notes="model.activation_checkpointing_enable()",
+        ),
+    ]
 
     if context.device.type == "cuda":
         peaks = {name: cuda_peak_memory(step, args.memory_repeats) for name, step in steps.items()}
@@ -503,12 +582,22 @@ def training_section(context: BenchmarkContext) -> list[Result]:
     elif Path("/proc/self/clear_refs").exists():
         del pair, checkpointed, steps  # the probes run in fresh processes
         peaks = {name: run_memory_probe(memory_probe_arguments(args, name))["peak_delta_bytes"] for name in times}
-        note = "peak RSS (VmHWM) during a step above the RSS before it, in a fresh process; weights, gradients and AdamW state excluded"
+        note = (
+            "peak RSS (VmHWM) during a step above the RSS before it, in a fresh process; weights, gradients and "
+            "AdamW state excluded"
+        )
     else:
         return results
-    for name, case in (("ours", "peak memory of a step"), ("ours-checkpointing", "peak memory, ours with activation checkpointing")):
+    for name, case in (
+        ("ours", "peak memory of a step"),
+        ("ours-checkpointing", "peak memory, ours with activation checkpointing"),
+    ):
         ratio = Stats.of([statistics.median(peaks[name]) / statistics.median(peaks["reference"])])
-        results.append(Result("training", case, Stats.of(peaks[name]), Stats.of(peaks["reference"]), ratio, unit="bytes", notes=note))
+        results.append(
+            Result(
+                "training", case, Stats.of(peaks[name]), Stats.of(peaks["reference"]), ratio, unit="bytes", notes=note
+            )
+        )
     return results
 
 
@@ -519,9 +608,7 @@ def training_section(context: BenchmarkContext) -> list[Result]:
 
 @register_section("throughput", "achieved GFLOP/s against the measured fp32 matmul throughput (mask-free, batch 1)")
 def throughput_section(context: BenchmarkContext) -> list[Result]:
-    pair = context.model_pair()
-    pair.ours.eval(), pair.reference.eval()
-    pair.set_mask_probability(0.0)
+    pair = context.inference_pair()
     pixel_values = context.images(1)
     with torch.inference_mode():
         model_flops = count_flops(lambda: pair.ours(pixel_values))
@@ -548,14 +635,24 @@ def throughput_section(context: BenchmarkContext) -> list[Result]:
     matmul_note = f"torch.mm {size}x{size} fp32, {context.args.threads} threads"
     return [
         Result("throughput", "matmul ceiling", Stats.of(ceiling), unit="FLOP/s", notes=matmul_note),
-        Result("throughput", f"model ({model_flops / 1e9:.1f} GFLOP)", achieved(model_flops, "ours"),
-               achieved(model_flops, "reference"), paired_ratios(times["reference"], times["ours"]), unit="FLOP/s",
-               notes=f"fraction of ceiling: ours {fraction_of_ceiling(model_flops, 'ours').median:.2f}, "
-               f"transformers {fraction_of_ceiling(model_flops, 'reference').median:.2f}"),
-        Result("throughput", f"encoder ({encoder_flops / 1e9:.1f} GFLOP), fraction of ceiling",
-               fraction_of_ceiling(encoder_flops, "ours encoder"), unit="fraction",
-               notes="matmuls, convolutions and attention counted by FlopCounterMode; norms and activations not"),
-    ]  # fmt: skip
+        Result(
+            "throughput",
+            f"model ({model_flops / 1e9:.1f} GFLOP)",
+            achieved(model_flops, "ours"),
+            achieved(model_flops, "reference"),
+            paired_ratios(times["reference"], times["ours"]),
+            unit="FLOP/s",
+            notes=f"fraction of ceiling: ours {fraction_of_ceiling(model_flops, 'ours').median:.2f}, "
+            f"transformers {fraction_of_ceiling(model_flops, 'reference').median:.2f}",
+        ),
+        Result(
+            "throughput",
+            f"encoder ({encoder_flops / 1e9:.1f} GFLOP), fraction of ceiling",
+            fraction_of_ceiling(encoder_flops, "ours encoder"),
+            unit="fraction",
+            notes="matmuls, convolutions and attention counted by FlopCounterMode; norms and activations not",
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -571,80 +668,141 @@ def autocast_inference(model: nn.Module, pixel_values: Tensor, dtype: torch.dtyp
     return run
 
 
-def fast_copy(pair: ModelPair, dtype: torch.dtype | None) -> EoMTForUniversalSegmentation:
-    """A copy of our model with `enable_fast_inference(dtype)`."""
+def fast_copy(pair: ModelPair, dtype: torch.dtype | None, compile: bool = False) -> EoMTForUniversalSegmentation:
+    """A copy of our model with `enable_fast_inference(dtype, compile)`."""
     model = EoMTForUniversalSegmentation(pair.config).to(pair.ours.device)
     model.load_state_dict(pair.ours.state_dict())
-    return model.enable_fast_inference(dtype)
+    return model.enable_fast_inference(dtype, compile=compile)
 
 
-def compiled(model: nn.Module, pixel_values: Tensor, run: Callable[[], object]) -> tuple[Callable[[], object], float]:
-    """`torch.compile(model)` (weights frozen into the graph on CPU) run once; returns the runner and compile seconds."""
-    options = {"freezing": True} if pixel_values.device.type == "cpu" else None
-    compiled_model = torch.compile(model, options=options)
-    runner = run(compiled_model)
+def first_call_seconds(run: Callable[[], object]) -> float:
+    """Seconds of `run()` once: the compilation of a compiled model."""
     start = time.perf_counter()
-    runner()
-    return runner, time.perf_counter() - start
+    run()
+    return time.perf_counter() - start
+
+
+def relative_difference(run: Callable[[], Any], expected: Tensor) -> float:
+    """Largest |mask logit - expected| over the largest |expected|."""
+    actual = run().masks_queries_logits.float()
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 @register_section("fast", "fast inference options against transformers in float32 (mask-free, batch 1)")
 def fast_section(context: BenchmarkContext) -> list[Result]:
-    pair = context.model_pair()
-    pair.ours.eval(), pair.reference.eval()
-    pair.set_mask_probability(0.0)
+    pair = context.inference_pair()
     pixel_values = context.images(1)
-    bf16 = fast_copy(pair, torch.bfloat16)
-    bf16.attn_mask_probs.zero_()
-    with torch.inference_mode():
-        expected = pair.ours(pixel_values).masks_queries_logits
-        actual = bf16(pixel_values).masks_queries_logits
-    difference = ((actual - expected).abs().max() / expected.abs().max()).item()
     candidates = {
         "reference": inference(pair.reference, pixel_values),
         "ours": inference(pair.ours, pixel_values),
-        "ours bf16": inference(bf16, pixel_values),
+        "ours bf16": inference(fast_copy(pair, torch.bfloat16), pixel_values),
         "reference bf16": autocast_inference(pair.reference, pixel_values, torch.bfloat16),
     }
-    compile_note = ""
     if context.args.compile:
-        candidates["ours bf16 compiled"], seconds = compiled(bf16, pixel_values, lambda model: inference(model, pixel_values))
-        compile_note = f"compiled in {seconds:.0f} s, weights frozen"
+        candidates["ours bf16 compiled"] = inference(fast_copy(pair, torch.bfloat16, compile=True), pixel_values)
+        compile_seconds = first_call_seconds(candidates["ours bf16 compiled"])
+    expected = candidates["ours"]().masks_queries_logits
+    differences = {
+        name: relative_difference(candidates[name], expected) for name in candidates if name.startswith("ours ")
+    }
     times = context.time(candidates, "fast inference")
 
     def row(name: str, case: str, notes: str, baseline: str = "reference") -> Result:
-        return Result("fast", case, Stats.of(times[name]), Stats.of(times[baseline]), paired_ratios(times[name], times[baseline]), notes=notes)
+        ratio = paired_ratios(times[name], times[baseline])
+        return Result("fast", case, Stats.of(times[name]), Stats.of(times[baseline]), ratio, notes=notes)
 
+    difference = differences["ours bf16"]
+    bf16_note = f"enable_fast_inference(torch.bfloat16); max difference to fp32 {difference:.1e} of the logit scale"
     results = [
         row("ours", "ours fp32 vs transformers fp32", "no option"),
-        row("ours bf16", "ours bf16 vs transformers fp32", f"model.enable_fast_inference(torch.bfloat16); max relative difference to fp32 {difference:.1e}"),
-        row("ours bf16", "ours bf16 vs transformers bf16 autocast", "same precision on both sides", baseline="reference bf16"),
+        row("ours bf16", "ours bf16 vs transformers fp32", bf16_note),
+        row(
+            "ours bf16",
+            "ours bf16 vs transformers bf16 (autocast)",
+            "the same precision on both sides",
+            baseline="reference bf16",
+        ),
     ]
     if context.args.compile:
-        results.append(row("ours bf16 compiled", "ours bf16 + torch.compile vs transformers fp32", compile_note))
+        note = (
+            f"enable_fast_inference(torch.bfloat16, compile=True), compiled in {compile_seconds:.0f} s; max difference "
+            f"to fp32 {differences['ours bf16 compiled']:.1e}"
+        )
+        results.append(row("ours bf16 compiled", "ours bf16 + torch.compile vs transformers fp32", note))
     return results
 
 
-@register_section("gpu-fps", "frames per second on CUDA, 640x640, batch 1, bf16, torch.compile (published: S 330, B 261, L 128 on an H100)", cuda_only=True)
+@register_section(
+    "gpu-fps",
+    "frames per second on CUDA, 640x640, batch 1, bf16, torch.compile (published, H100: S 330, B 261, L 128)",
+    cuda_only=True,
+)
 def gpu_fps_section(context: BenchmarkContext) -> list[Result]:
     results = []
     for size in context.args.gpu_sizes.split(","):
-        pair = context.model_pair(image_size=640, num_queries=200, size=size.strip())
-        pair.ours.eval(), pair.reference.eval()
-        pair.set_mask_probability(0.0)
+        pair = context.inference_pair(image_size=640, num_queries=200, size=size.strip())
         pixel_values = context.images(1, image_size=640)
-        ours = pair.ours.enable_fast_inference(torch.bfloat16)
-        ours_run, ours_seconds = compiled(ours, pixel_values, lambda model: inference(model, pixel_values))
-        reference_run, reference_seconds = compiled(
-            pair.reference, pixel_values, lambda model: autocast_inference(model, pixel_values, torch.bfloat16)
-        )
-        times = context.time({"ours": ours_run, "reference": reference_run}, f"ViT-{size} FPS")
-        fps = {name: Stats.of([1 / seconds for seconds in samples]) for name, samples in times.items()}
+        ours = inference(pair.ours.enable_fast_inference(torch.bfloat16, compile=True), pixel_values)
+        reference = torch.compile(pair.reference, options={"freezing": True})
+        reference = autocast_inference(reference, pixel_values, torch.bfloat16)
+        seconds = {name: first_call_seconds(run) for name, run in (("ours", ours), ("reference", reference))}
+        times = context.time({"ours": ours, "reference": reference}, f"ViT-{size} FPS")
+        fps = {name: Stats.of([1 / elapsed for elapsed in samples]) for name, samples in times.items()}
         results.append(
-            Result("gpu-fps", f"ViT-{size}/16, 640px, 200 queries", fps["ours"], fps["reference"],
-                   paired_ratios(times["ours"], times["reference"]), unit="FPS",
-                   notes=f"ratio of times; compiled in {ours_seconds:.0f} s / {reference_seconds:.0f} s")
-        )  # fmt: skip
+            Result(
+                "gpu-fps",
+                f"ViT-{size}/16, 640px, 200 queries",
+                fps["ours"],
+                fps["reference"],
+                paired_ratios(times["ours"], times["reference"]),
+                unit="FPS",
+                notes=f"ratio of times; compiled in {seconds['ours']:.0f} s / {seconds['reference']:.0f} s",
+            )
+        )
+    return results
+
+
+@register_section(
+    "profile", "where the forward time goes: torch.profiler self time per operator (mask-free, batch 1)", in_all=False
+)
+def profile_section(context: BenchmarkContext) -> list[Result]:
+    pair = context.inference_pair()
+    pixel_values = context.images(1)
+    seconds: dict[str, dict[str, float]] = {}
+    for name, model in (("ours", pair.ours), ("reference", pair.reference)):
+        run = inference(model, pixel_values)
+        run()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            for _ in range(context.repeats):
+                run()
+        seconds[name] = {
+            event.key: event.self_cpu_time_total / 1e6 / context.repeats for event in profiler.key_averages()
+        }
+    operators = sorted(set(seconds["ours"]) | set(seconds["reference"]), key=lambda key: -seconds["ours"].get(key, 0.0))
+    results = []
+    for operator in operators[: context.args.profile_rows]:
+        ours, reference = seconds["ours"].get(operator, 0.0), seconds["reference"].get(operator, 0.0)
+        results.append(
+            Result(
+                "profile",
+                operator,
+                Stats.of([ours]),
+                Stats.of([reference]),
+                Stats.of([ours / reference]) if reference else None,
+                notes="mean self time per forward",
+            )
+        )
+    totals = [sum(seconds[name].values()) for name in ("ours", "reference")]
+    results.append(
+        Result(
+            "profile",
+            "total",
+            Stats.of([totals[0]]),
+            Stats.of([totals[1]]),
+            Stats.of([totals[0] / totals[1]]),
+            notes="profiled one model after the other (not interleaved)",
+        )
+    )
     return results
 
 
@@ -656,7 +814,12 @@ def gpu_fps_section(context: BenchmarkContext) -> list[Result]:
 def format_value(stats: Stats | None, unit: str) -> str:
     if stats is None:
         return "-"
-    scale, suffix = {"s": (1e3, " ms"), "bytes": (2**-20, " MiB"), "FLOP/s": (1e-9, " GFLOP/s"), "FPS": (1.0, " FPS")}.get(unit, (1.0, ""))
+    scale, suffix = {
+        "s": (1e3, " ms"),
+        "bytes": (2**-20, " MiB"),
+        "FLOP/s": (1e-9, " GFLOP/s"),
+        "FPS": (1.0, " FPS"),
+    }.get(unit, (1.0, ""))
     digits = 0 if unit in ("s", "bytes", "FLOP/s", "FPS") and stats.median * scale >= 100 else 2
     value = lambda x: f"{x * scale:.{digits}f}"  # noqa: E731
     return f"{value(stats.median)}{suffix} [{value(stats.q1)}, {value(stats.q3)}]"
@@ -687,7 +850,9 @@ def machine_description(args: argparse.Namespace, device: torch.device) -> dict[
     }
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            description["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            description["cpu"] = next(
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     if device.type == "cuda":
@@ -702,7 +867,11 @@ def machine_description(args: argparse.Namespace, device: torch.device) -> dict[
 
 def select_sections(names: str, device: torch.device) -> list[Section]:
     if names == "all":
-        return [section for section in SECTIONS.values() if device.type == "cuda" or not section.cuda_only]
+        return [
+            section
+            for section in SECTIONS.values()
+            if section.in_all and (device.type == "cuda" or not section.cuda_only)
+        ]
     selected = []
     for name in (name.strip() for name in names.split(",") if name.strip()):
         if name not in SECTIONS:
@@ -727,12 +896,22 @@ def check_arguments(args: argparse.Namespace) -> tuple[torch.device, list[Sectio
     device = resolve_device(args.device)
     if args.clock == "cpu" and device.type != "cpu":
         raise ValueError("--clock cpu measures CPU time; use the wall clock with --device cuda")
-    for name in ("repeats", "threads", "image_size", "queries", "train_image_size", "train_batch_size", "train_queries"):
+    for name in (
+        "repeats",
+        "threads",
+        "image_size",
+        "queries",
+        "train_image_size",
+        "train_batch_size",
+        "train_queries",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("image_size", "train_image_size"):
         if getattr(args, name) % 16:
-            raise ValueError(f"--{name.replace('_', '-')} must be a multiple of the patch size 16, got {getattr(args, name)}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be a multiple of the patch size 16, got {getattr(args, name)}"
+            )
     return device, select_sections(args.sections, device)
 
 
@@ -756,8 +935,12 @@ def run_benchmark(args: argparse.Namespace, config_overrides: dict[str, Any] | N
     print(markdown_table(results))
     if args.out is not None:
         arguments = {key: str(value) for key, value in vars(args).items() if not callable(value)}
-        report = {"machine": machine, "arguments": arguments, "seconds": time.perf_counter() - started,
-                  "results": [result.to_dict() for result in results]}  # fmt: skip
+        report = {
+            "machine": machine,
+            "arguments": arguments,
+            "seconds": time.perf_counter() - started,
+            "results": [result.to_dict() for result in results],
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.out}")

@@ -104,7 +104,9 @@ def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_s
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _cpu_flash_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _cpu_flash_attention_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -161,7 +163,11 @@ def run_memory_probe(arguments: Sequence[str]) -> dict:
     """Run `python -m benchmarks.benchmark --memory-probe ...arguments` in a fresh process and return its JSON line."""
     command = [sys.executable, "-m", "benchmarks.benchmark", *arguments]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, **MEMORY_PROBE_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **MEMORY_PROBE_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
     if completed.returncode != 0:
         raise RuntimeError(f"memory probe {' '.join(arguments)} failed:\n{completed.stderr[-2000:]}")

@@ -71,7 +71,9 @@ def test_bf16_masked_inference_returns_float32_intermediate_predictions():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert len(out.intermediate_masks_queries_logits) == model.config.num_blocks
-    assert all(m.dtype == torch.float32 for m in out.intermediate_masks_queries_logits + out.intermediate_class_queries_logits)
+    assert all(
+        m.dtype == torch.float32 for m in out.intermediate_masks_queries_logits + out.intermediate_class_queries_logits
+    )
 
 
 def test_fast_inference_leaves_training_and_float32_untouched():
@@ -118,7 +120,9 @@ def test_banded_inference_gives_the_same_predictions(monkeypatch):
         expected = model(pixel_values).masks_queries_logits
         calls, original = [], modeling.EoMTUpscaleBlock.forward_in_bands
         monkeypatch.setattr(modeling, "UPSCALE_BAND_BYTES", 1024)
-        monkeypatch.setattr(modeling.EoMTUpscaleBlock, "forward_in_bands", lambda *a, **k: calls.append(k) or original(*a, **k))
+        monkeypatch.setattr(
+            modeling.EoMTUpscaleBlock, "forward_in_bands", lambda *a, **k: calls.append(k) or original(*a, **k)
+        )
         actual = model(pixel_values).masks_queries_logits
     assert calls == [{"rows": 8}] * 2 * (model.config.num_blocks + 1)  # 2 blocks per prediction, intermediate ones too
     torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-6)
