@@ -402,9 +402,8 @@ def stand_in_loss(
     )
     for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
         count = min(len(classes), num_queries)
-        mask_targets[index, :count] = F.interpolate(masks[None, :count].float(), size=(height, width), mode="bilinear")[
-            0
-        ]
+        resized = F.interpolate(masks[None, :count].float(), size=(height, width), mode="bilinear")  # (1, n, h, w)
+        mask_targets[index, :count] = resized[0]
         class_targets[index, :count] = classes[:count]
     levels = [*zip(intermediate_masks_queries_logits, intermediate_class_queries_logits)]
     levels.append((masks_queries_logits, class_queries_logits))
@@ -502,26 +501,19 @@ def memory_probe(args: argparse.Namespace) -> None:
 
 
 def memory_probe_arguments(args: argparse.Namespace, which: str) -> list[str]:
-    return [
-        "--memory-probe",
-        which,
-        "--size",
-        args.size,
-        "--threads",
-        str(args.threads),
-        "--seed",
-        str(args.seed),
-        "--train-image-size",
-        str(args.train_image_size),
-        "--train-batch-size",
-        str(args.train_batch_size),
-        "--train-queries",
-        str(args.train_queries),
-        "--train-mask-prob",
-        str(args.train_mask_prob),
-        "--memory-repeats",
-        str(args.memory_repeats),
-    ]
+    """Command-line arguments of the fresh process that measures `which` ("ours", "reference", "ours-checkpointing")."""
+    options = {
+        "--memory-probe": which,
+        "--size": args.size,
+        "--threads": args.threads,
+        "--seed": args.seed,
+        "--train-image-size": args.train_image_size,
+        "--train-batch-size": args.train_batch_size,
+        "--train-queries": args.train_queries,
+        "--train-mask-prob": args.train_mask_prob,
+        "--memory-repeats": args.memory_repeats,
+    }
+    return [str(item) for option in options.items() for item in option]
 
 
 def cuda_peak_memory(step: Callable[[], None], repeats: int) -> list[int]:
