@@ -29,7 +29,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         help="wall: elapsed time (default); cpu: process CPU time / threads, steadier on a shared machine "
         "(run with OMP_WAIT_POLICY=PASSIVE so that waiting threads do not spin)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     parser.add_argument(
         "--compile",
         action="store_true",
