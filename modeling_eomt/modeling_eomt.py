@@ -743,10 +743,11 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
             output = self._forward(pixel_values, patch_offsets, output_attentions, output_hidden_states)
             return output if return_dict else output.to_tuple()
         forward = self.compiled_inference or self._forward
-        dtype = self.inference_dtype
-        with torch.autocast(pixel_values.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        if self.inference_dtype is None:  # the caller's autocast, if any, stays in force
             output = forward(pixel_values, patch_offsets, output_attentions, output_hidden_states)
-        if dtype is not None:
+        else:
+            with torch.autocast(pixel_values.device.type, dtype=self.inference_dtype):
+                output = forward(pixel_values, patch_offsets, output_attentions, output_hidden_states)
             output = output.float_logits()
         return output if return_dict else output.to_tuple()
 

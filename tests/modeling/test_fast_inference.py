@@ -96,6 +96,12 @@ def test_fast_inference_leaves_training_and_float32_untouched():
         assert torch.equal(model(pixel_values).masks_queries_logits, expected_eval)
 
 
+def test_callers_autocast_applies_without_fast_inference():
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config())).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 3, 64, 64)).masks_queries_logits.dtype == torch.bfloat16
+
+
 def test_fast_inference_rejects_other_dtypes():
     model = EoMTForUniversalSegmentation(tiny_config())
     with pytest.raises(ValueError, match="torch.float64"):
