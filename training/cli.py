@@ -245,6 +245,20 @@ def _add_predict_parser(commands) -> None:
     predict.set_defaults(run=_predict)
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from benchmarks.benchmark import run_command
+
+    return run_command(args)
+
+
+def _add_benchmark_parser(commands) -> None:
+    from benchmarks.options import add_benchmark_arguments
+
+    benchmark = commands.add_parser("benchmark", help="time this package's EoMT against transformers' (Markdown + JSON)")
+    add_benchmark_arguments(benchmark)
+    benchmark.set_defaults(run=_benchmark)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eomt", description="EoMT: train, evaluate, run and convert segmentation models.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
@@ -282,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
     _add_predict_parser(commands)
+    _add_benchmark_parser(commands)
     return parser
 
 
