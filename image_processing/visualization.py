@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -35,9 +36,11 @@ def draw_segmentation(
     path: str | os.PathLike | None = None,
     alpha: float = 0.55,
     ignore_id: int | None = -1,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """Overlay `segment_map` `(H, W)` (one id per segment) on `image`, outline the segments and add a legend of
-    `labels` (segment id -> text) on the right. Pixels equal to `ignore_id` stay uncoloured. Saved as PNG at `path`."""
+    `labels` (segment id -> text) on the right. Pixels equal to `ignore_id` stay uncoloured. `colors` maps segment ids
+    to RGB colours (default: `color_palette`'s colour of the id). Saved as PNG at `path`."""
     image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
     image = image.convert("RGB")
     segment_map = np.asarray(segment_map)
@@ -45,6 +48,7 @@ def draw_segmentation(
         raise ValueError(f"segment_map has shape {segment_map.shape}, the image is {image.height}x{image.width}")
     ids = [int(i) for i in np.unique(segment_map) if i != ignore_id]
     palette = color_palette(max(ids, default=0) + 1)
+    palette = {segment_id: (colors or {}).get(segment_id, palette[segment_id]) for segment_id in ids}
     pixels = np.asarray(image, dtype=np.float32)
     colored = pixels.copy()
     for segment_id in ids:
@@ -70,31 +74,30 @@ def draw_segmentation(
     return canvas
 
 
-def _result_to_segment_map(result, id2label: dict[int, str] | None) -> tuple[np.ndarray, dict[int, str]]:
-    """`(segment map, segment id -> legend text)` of a post-processing or pipeline result."""
+def _result_segments(result, id2label: dict[int, str] | None) -> tuple[np.ndarray, dict[int, tuple[str, float | None]]]:
+    """`(segment map, segment id -> (class name, score or None))` of a post-processing or pipeline result."""
     names = {int(key): value for key, value in (id2label or {}).items()}
     if isinstance(result, dict) and "segmentation" in result:  # panoptic / instance post-processing
         segment_map = np.asarray(result["segmentation"].cpu() if hasattr(result["segmentation"], "cpu") else result["segmentation"])
-        legend = {
-            int(segment["id"]): f"{names.get(int(segment['label_id']), str(segment['label_id']))} {segment['score']:.2f}"
+        segments = {
+            int(segment["id"]): (names.get(int(segment["label_id"]), str(segment["label_id"])), segment["score"])
             for segment in result.get("segments_info", [])
         }
-        return segment_map.astype(np.int64), legend
+        return segment_map.astype(np.int64), segments
     if isinstance(result, (list, tuple)):  # pipeline output: [{"score", "label", "mask"}]
         if not result:
             raise ValueError("draw_result needs a non-empty pipeline result (no segment was found)")
         first = np.asarray(result[0]["mask"])
         segment_map = np.full(first.shape, -1, dtype=np.int64)
-        legend = {}
+        segments = {}
         for index, segment in enumerate(result):
             segment_map[np.asarray(segment["mask"]) > 0] = index
-            score = segment.get("score")
-            legend[index] = segment["label"] if score is None else f"{segment['label']} {score:.2f}"
-        return segment_map, legend
+            segments[index] = (segment["label"], segment.get("score"))
+        return segment_map, segments
     semantic = np.asarray(result.cpu() if hasattr(result, "cpu") else result).astype(np.int64)  # semantic class map
     if semantic.ndim != 2:
         raise ValueError(f"expected a panoptic/instance result dict, a pipeline result list or a semantic map (H, W), got shape {semantic.shape}")
-    return semantic, {int(c): names.get(int(c), str(int(c))) for c in np.unique(semantic) if c >= 0}
+    return semantic, {int(c): (names.get(int(c), str(int(c))), None) for c in np.unique(semantic) if c >= 0}
 
 
 def draw_result(
@@ -103,12 +106,16 @@ def draw_result(
     id2label: dict[int, str] | None = None,
     path: str | os.PathLike | None = None,
     alpha: float = 0.55,
+    class_colors: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """Draw a segmentation result over `image` (see `draw_segmentation`) with legend entries "label score".
 
     `result` is one item of `post_process_panoptic_segmentation` / `post_process_instance_segmentation` (a dict with
     `segmentation` and `segments_info`), of `post_process_semantic_segmentation` (an `(H, W)` class map), or the list
     returned by `pipeline("image-segmentation")` for one image. `id2label` names the classes (e.g.
-    `model.config.id2label`)."""
-    segment_map, legend = _result_to_segment_map(result, id2label)
-    return draw_segmentation(image, segment_map, legend, path=path, alpha=alpha, ignore_id=-1)
+    `model.config.id2label`). `class_colors` (class name -> RGB) colours segments by class; the outlines then tell the
+    instances of a class apart."""
+    segment_map, segments = _result_segments(result, id2label)
+    legend = {sid: name if score is None else f"{name} {score:.2f}" for sid, (name, score) in segments.items()}
+    colors = {sid: class_colors[name] for sid, (name, _) in segments.items() if name in (class_colors or {})}
+    return draw_segmentation(image, segment_map, legend, path=path, alpha=alpha, ignore_id=-1, colors=colors)

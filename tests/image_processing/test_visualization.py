@@ -55,6 +55,20 @@ def test_pipeline_and_semantic_results_give_the_same_segments():
     assert tuple(legend_swatch(drawn, 2)) == color_palette(3)[2] and not (drawn[:, :WIDTH] == 128).all(-1).any()
 
 
+def test_class_colors_colour_segments_by_class_and_keep_instance_outlines():
+    image, result = scene()
+    result["segmentation"][10:30, 30:50] = 3  # a third car touching both: only outlines separate them
+    result["segments_info"].append({"id": 3, "label_id": 2, "score": 0.6})
+    car, road = (200, 0, 0), (0, 0, 200)
+    canvas = np.asarray(draw_result(image, result, NAMES, class_colors={"car": car, "road": road})).astype(int)
+    for row, col, color in [(20, 20, car), (20, 40, car), (20, 60, car), (50, 40, road)]:
+        assert np.abs(canvas[row, col] - np.round(0.45 * 128 + 0.55 * np.array(color))).max() <= 1
+    assert (canvas[20, 29] == 255).all() and (canvas[20, 49] == 255).all()  # the borders between the cars
+    assert [tuple(legend_swatch(canvas, row)) for row in range(4)] == [road, car, car, car]
+    unnamed = np.asarray(draw_result(image, result, NAMES, class_colors={"car": car})).astype(int)
+    assert tuple(legend_swatch(unnamed, 0)) == color_palette(1)[0]  # classes without a colour keep the palette's
+
+
 def test_bad_results():
     image, _ = scene()
     with pytest.raises(ValueError, match="non-empty pipeline result"):
