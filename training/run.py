@@ -25,7 +25,7 @@ from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 
 from .annealing import MaskAnnealingCallback
 from .curves import plot_training_curves
-from .data import DatasetInfo, EpochCallback, load_source, make_eval_dataset, make_train_dataset
+from .data import DatasetInfo, load_source, make_eval_dataset, make_train_dataset
 from .settings import TASK_DEFAULTS, TrainSettings
 from .trainer import EoMTTrainer, recipe_training_arguments
 
@@ -133,7 +133,7 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=build_processor(info, image_size, settings.checkpoint),
-        callbacks=[EpochCallback(train_dataset), *callbacks],
+        callbacks=list(callbacks),
         layer_decay=settings.layer_decay,
         head_warmup_steps=settings.head_warmup_steps,
         backbone_warmup_steps=settings.backbone_warmup_steps,

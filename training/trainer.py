@@ -14,6 +14,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
 from .annealing import MaskAnnealingCallback, unwrap_model
+from .data.pipeline import EpochCallback
 from .evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention, is_evaluation_dataset
 from .loss import MaskClassificationLoss
 from .metrics.distributed import all_reduce_sum, is_distributed
@@ -74,7 +75,8 @@ class EoMTTrainer(Trainer):
     - schedule: `two_stage_warmup_poly_schedule` over the training steps (`args.lr_scheduler_type` and
       `args.warmup_*` are not used; pass `optimizers=(optimizer, scheduler)` to replace both);
     - `MaskAnnealingCallback` (first in the callback list) unless `mask_annealing=False`;
-    - `EoMTDataCollator` unless another collator is given;
+    - `EoMTDataCollator` unless another collator is given; an `EpochCallback` for a training set with `set_epoch`
+      (fresh augmentation draws every epoch);
     - streaming evaluation on the data sets of `training.data.make_eval_dataset` (original images and ground truth):
       batch by batch, the image processor (`processing_class`, an `EoMTImageProcessor`) prepares the inputs, the
       model runs mask-free, the predictions are post-processed to the original sizes and added to the task's metric
@@ -154,6 +156,7 @@ class EoMTTrainer(Trainer):
         self.eval_per_class: dict[str, Any] = {}
         self.label_names = list(TARGET_KEYS)  # kept by `remove_unused_columns`; eval computes `eval_loss`
         self._install_annealing(mask_annealing)
+        self._install_epoch_callback(train_dataset)
         self._component_sums: dict[str, Tensor] = {}
         self._component_batches = 0
 
@@ -172,6 +175,15 @@ class EoMTTrainer(Trainer):
                 callbacks.remove(callback)
         if mask_annealing is not False:
             callbacks.insert(0, given[0] if given else MaskAnnealingCallback())
+
+    def _install_epoch_callback(self, dataset: Any) -> None:
+        """An `EpochCallback` for a training set with `set_epoch` (those of `training.data.make_train_dataset`), unless
+        one is given: accelerate's data loader passes the epoch on to the data set only when the sampler does not take
+        it (in multi-process runs its seedable sampler does)."""
+        if not hasattr(dataset, "set_epoch"):
+            return
+        if not any(isinstance(callback, EpochCallback) for callback in self.callback_handler.callbacks):
+            self.add_callback(EpochCallback(dataset))
 
     # ---- loss ----
 

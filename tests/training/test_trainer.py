@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from transformers import ViTImageProcessor
+from transformers import TrainerCallback, ViTImageProcessor
 
 from modeling_eomt import EoMTForUniversalSegmentation
+from tests.training.data_helpers import synthetic_panoptic  # noqa: F401 (a fixture)
 from tests.training.helpers import (  # noqa: F401 (single_thread is a fixture)
     IMAGE_SIZE,
     SegmentationExamples,
@@ -13,6 +14,7 @@ from tests.training.helpers import (  # noqa: F401 (single_thread is a fixture)
     tiny_segmentation_model,
 )
 from training.annealing import MaskAnnealingCallback
+from training.data import EpochCallback, make_train_dataset
 from training.loss import MaskClassificationLoss
 from training.optim import two_stage_warmup_poly_factor
 from training.trainer import RECIPE_DEFAULTS, EoMTDataCollator, EoMTTrainer, recipe_training_arguments
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def make_trainer(output_dir, model=None, dataset=None, num_points=64, **options):
     """EoMTTrainer on CPU with the recipe's arguments, `options` split between TrainingArguments and the trainer."""
     trainer_options = {key: options.pop(key) for key in list(options) if key in (
-        "layer_decay", "head_warmup_steps", "backbone_warmup_steps", "mask_annealing", "processing_class"
+        "layer_decay", "head_warmup_steps", "backbone_warmup_steps", "mask_annealing", "processing_class", "callbacks"
     )}  # fmt: skip
     defaults = dict(use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=1, per_device_train_batch_size=2)
     args = recipe_training_arguments(str(output_dir), **{**defaults, **options})
@@ -173,3 +175,21 @@ def test_batches_without_targets_are_reported(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1)
     with pytest.raises(ValueError, match=r"missing \['mask_labels', 'class_labels'\]"):
         trainer.compute_loss(trainer.model, {"pixel_values": torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)})
+
+
+def test_augmentation_draws_follow_the_epoch(tmp_path, synthetic_panoptic):
+    """A `make_train_dataset` set gets its `EpochCallback` from the trainer (multi-process runs need it): every epoch
+    draws new augmentations."""
+    dataset = make_train_dataset(synthetic_panoptic[0], "train", input_size=IMAGE_SIZE)
+    epochs_seen = []
+
+    class RecordEpoch(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            epochs_seen.append(dataset.epoch)
+
+    model = tiny_segmentation_model(num_labels=dataset.info.num_labels)
+    trainer = make_trainer(tmp_path, model=model, dataset=dataset, num_train_epochs=3,
+                           per_device_train_batch_size=len(dataset), callbacks=[RecordEpoch()])  # fmt: skip
+    trainer.train()
+    assert epochs_seen == [0, 1, 2]
+    assert sum(isinstance(callback, EpochCallback) for callback in trainer.callback_handler.callbacks) == 1

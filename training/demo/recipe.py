@@ -19,7 +19,6 @@ from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from ..data import (
     AugmentationConfig,
     DatasetInfo,
-    EpochCallback,
     load_coco_panoptic,
     make_eval_dataset,
     make_train_dataset,
@@ -184,7 +183,7 @@ def demo_trainer(
     )  # fmt: skip
     trainer = EoMTTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=make_eval_dataset(data_dir, "val"),
-        processing_class=build_processor(info, recipe.image_size), callbacks=[EpochCallback(train_dataset)],
+        processing_class=build_processor(info, recipe.image_size),
         layer_decay=recipe.layer_decay, head_warmup_steps=round(recipe.head_warmup * recipe.steps),
         backbone_warmup_steps=round(recipe.backbone_warmup * recipe.steps), mask_annealing=variant.annealing, eval_loss=False,
     )  # fmt: skip
