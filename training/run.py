@@ -185,6 +185,7 @@ def _training_arguments(settings: TrainSettings, has_eval: bool):
         gradient_checkpointing=settings.gradient_checkpointing,
         dataloader_num_workers=settings.workers,
         dataloader_persistent_workers=settings.workers > 0,
+        dataloader_pin_memory=torch.accelerator.is_available() and not settings.use_cpu,  # else torch warns
         seed=settings.seed,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,

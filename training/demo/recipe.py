@@ -179,7 +179,7 @@ def demo_trainer(
         str(output_dir), learning_rate=recipe.learning_rate, per_device_train_batch_size=recipe.batch_size,
         per_device_eval_batch_size=16, max_steps=recipe.steps, logging_steps=max(1, recipe.steps // 100),
         use_cpu=True, seed=seed, save_strategy="no", report_to="none", disable_tqdm=not progress,
-        dataloader_num_workers=1, dataloader_persistent_workers=True,
+        dataloader_num_workers=1, dataloader_persistent_workers=True, dataloader_pin_memory=False,
     )  # fmt: skip
     trainer = EoMTTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=make_eval_dataset(data_dir, "val"),
