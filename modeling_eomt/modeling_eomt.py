@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -611,19 +611,22 @@ class EoMTUpscaleBlock(GradientCheckpointingLayer):
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.norm(self.depthwise_conv(self.activation(self.conv_transpose(hidden_states))))
 
-    def forward_in_bands(self, hidden_states: Tensor, rows: int) -> Tensor:
-        """`forward` computed on bands of `rows` input rows, each with one halo row per side (the 3x3 convolution's
-        context) whose outputs are dropped: no activation is larger than a band. Used without gradients on large
-        maps, where every full-size activation would be fresh memory that the OS has to map page by page (glibc
-        returns blocks above 32 MB to the OS on free)."""
+    def bands(self, hidden_states: Tensor, rows: int) -> Iterator[tuple[int, int, Tensor]]:
+        """`forward` computed on bands of `rows` input rows: yields `(start, stop, output rows 2 * start to
+        2 * stop)`. Each band is computed with one halo row per side (the 3x3 convolution's context) whose outputs are
+        dropped, so no activation is larger than a band. Used without gradients on large maps, where every full-size
+        activation would be fresh memory that the OS has to map page by page (glibc returns blocks above 32 MB to
+        the OS on free)."""
         height = hidden_states.shape[-2]
-        bands = []
         for start in range(0, height, rows):
             stop = min(start + rows, height)
             low, high = max(start - 1, 0), min(stop + 1, height)
             band = self(hidden_states[:, :, low:high])  # (B, C, 2 * (high - low), 2w)
-            bands.append(band[:, :, 2 * (start - low) : 2 * (stop - low)])
-        return torch.cat(bands, dim=2)
+            yield start, stop, band[:, :, 2 * (start - low) : 2 * (stop - low)]
+
+    def forward_in_bands(self, hidden_states: Tensor, rows: int) -> Tensor:
+        """`forward` assembled from `bands`."""
+        return torch.cat([band for _, _, band in self.bands(hidden_states, rows)], dim=2)
 
 
 # Inference upscales large maps in bands of about this many output bytes (see `EoMTUpscaleBlock.forward_in_bands`).
@@ -643,6 +646,28 @@ class EoMTMaskHead(nn.Module):
 
     def forward(self, queries: Tensor) -> Tensor:
         return self.fc3(self.activation(self.fc2(self.activation(self.fc1(queries)))))
+
+
+def mask_logits_on_grid(mask_logits: Tensor, grid: tuple[int, int]) -> Tensor:
+    """`F.interpolate(mask_logits, size=grid, mode="bilinear", align_corners=False)` in float32: `(B, Q, H, W)` mask
+    logits resized to the patch grid `(h, w)`.
+
+    The upscale blocks make `H, W` an even multiple `s` of the grid, and then grid cell `(i, j)` samples the input at
+    `(s * i + s / 2 - 1/2, s * j + s / 2 - 1/2)`: the mean of the 2 x 2 logits in the middle of its `s x s` block,
+    read here through strided views (equal to F.interpolate up to float rounding, about 10x faster: F.interpolate
+    copies the whole map first). Other sizes go through F.interpolate."""
+    height, width = mask_logits.shape[-2:]
+    scale = height // grid[0]
+    if (height, width) == tuple(grid):
+        return mask_logits.float()
+    if scale % 2 or (height, width) != (grid[0] * scale, grid[1] * scale):
+        return F.interpolate(mask_logits.float(), size=grid, mode="bilinear", align_corners=False)
+    first = scale // 2 - 1  # the upper / left of the two middle rows / columns of a block
+
+    def corner(row: int, column: int) -> Tensor:  # (B, Q, h, w)
+        return mask_logits[..., first + row :: scale, first + column :: scale].float()
+
+    return ((corner(0, 0) + corner(0, 1)) + (corner(1, 0) + corner(1, 1))) * 0.25
 
 
 class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
@@ -693,31 +718,59 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         queries = normed_tokens[:, :num_queries]  # (B, Q, C)
         patches = normed_tokens[:, num_queries + self.eomt.num_prefix_tokens :]  # (B, N, C)
         class_logits = self.class_predictor(queries)
+        mask_embeddings = self.mask_head(queries)  # (B, Q, C)
         # (B, C, h, w) stored channels-last: the convolutions and the channel LayerNorm run on it without copies.
         pixel_features = patches.unflatten(1, grid).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-        for block in self.upscale_blocks:
-            pixel_features = self.upscale(block, pixel_features)
-        # einsum("bqc,bchw->bqhw") as one batched matmul that reads the channels-last features in place.
-        pixel_rows = pixel_features.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H * W, C), a view
-        mask_logits = torch.bmm(self.mask_head(queries), pixel_rows.transpose(1, 2))  # (B, Q, H * W)
-        return mask_logits.unflatten(2, pixel_features.shape[-2:]), class_logits
+        for index, block in enumerate(self.upscale_blocks):
+            rows = self.band_rows(pixel_features)
+            if rows is None:
+                pixel_features = block(pixel_features)
+            elif index < len(self.upscale_blocks) - 1:
+                pixel_features = block.forward_in_bands(pixel_features, rows)
+            else:  # the last block: the mask logits band by band, the upscaled features never whole
+                return self.mask_logits_in_bands(mask_embeddings, block, pixel_features, rows), class_logits
+        return self.mask_logits(mask_embeddings, pixel_features).unflatten(2, pixel_features.shape[-2:]), class_logits
 
     @staticmethod
-    def upscale(block: EoMTUpscaleBlock, pixel_features: Tensor) -> Tensor:
-        """`block(pixel_features)`; on CPU without gradients and for outputs above `4 * UPSCALE_BAND_BYTES`, in bands of
-        about `UPSCALE_BAND_BYTES` (at least 8 input rows): the same values, 25% faster for a 160x160x384 output."""
+    def mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Tensor | None = None) -> Tensor:
+        """`einsum("bqc,bchw->bqhw")` of `(B, Q, C)` embeddings and channels-last `(B, C, H, W)` features, flattened to
+        `(B, Q, H * W)`: one batched matmul that reads the features in place, into `out` if given."""
+        pixel_rows = pixel_features.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H * W, C), a view
+        if out is None:
+            return torch.bmm(mask_embeddings, pixel_rows.transpose(1, 2))
+        return torch.bmm(mask_embeddings.to(out.dtype), pixel_rows.transpose(1, 2).to(out.dtype), out=out)
+
+    @staticmethod
+    def band_rows(pixel_features: Tensor) -> int | None:
+        """Input rows per band for upscaling `pixel_features` `(B, C, h, w)` on CPU without gradients when the output
+        exceeds `4 * UPSCALE_BAND_BYTES`: bands of about `UPSCALE_BAND_BYTES`, at least 8 rows (the same values, 25%
+        faster for a 160x160x384 output); None: upscale the whole map."""
         batch, channels, height, width = pixel_features.shape
         row_bytes = batch * channels * 4 * width * pixel_features.element_size()  # output bytes per input row
         large = height * row_bytes > 4 * UPSCALE_BAND_BYTES
         if torch.is_grad_enabled() or pixel_features.device.type != "cpu" or not large:
-            return block(pixel_features)
-        return block.forward_in_bands(pixel_features, rows=max(8, UPSCALE_BAND_BYTES // row_bytes))
+            return None
+        return max(8, UPSCALE_BAND_BYTES // row_bytes)
+
+    def mask_logits_in_bands(
+        self, mask_embeddings: Tensor, block: EoMTUpscaleBlock, pixel_features: Tensor, rows: int
+    ) -> Tensor:
+        """`(B, Q, 2h, 2w)` mask logits of `mask_embeddings` `(B, Q, C)` and `block(pixel_features)`, computed band by
+        band (`EoMTUpscaleBlock.bands`) straight into the output: no full-size feature map and no concatenation."""
+        batch, _, height, width = pixel_features.shape
+        dtype = mask_embeddings.dtype  # what bmm would return: autocast's dtype under autocast
+        if torch.is_autocast_enabled(mask_embeddings.device.type):
+            dtype = torch.get_autocast_dtype(mask_embeddings.device.type)
+        mask_logits = mask_embeddings.new_empty(batch, mask_embeddings.shape[1], 4 * height * width, dtype=dtype)
+        for start, stop, features in block.bands(pixel_features, rows):  # features (B, C, 2 (stop - start), 2w)
+            self.mask_logits(mask_embeddings, features, out=mask_logits[:, :, 4 * start * width : 4 * stop * width])
+        return mask_logits.unflatten(2, (2 * height, 2 * width))
 
     def sample_query_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: float) -> Tensor:
         """Query -> patch mask `(B, Q, N)`: a query attends to the patches where its mask logit (resized bilinearly
         to the grid) is positive; with probability `1 - prob`, drawn per image and per query, it attends to all."""
         with torch.no_grad():
-            mask = F.interpolate(mask_logits, size=grid, mode="bilinear", align_corners=False).flatten(2) > 0
+            mask = mask_logits_on_grid(mask_logits, grid).flatten(2) > 0
         if prob < 1:
             unmasked = torch.rand(mask.shape[:2], device=mask.device) > prob  # (B, Q)
             mask = mask | unmasked[..., None]

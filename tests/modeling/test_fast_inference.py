@@ -117,18 +117,20 @@ def test_upscale_in_bands_equals_whole_map(height, rows):
         torch.testing.assert_close(block.forward_in_bands(features, rows), block(features), atol=1e-6, rtol=1e-6)
 
 
-def test_banded_inference_gives_the_same_predictions(monkeypatch):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_banded_inference_gives_the_same_predictions(monkeypatch, dtype):
     import modeling_eomt.modeling_eomt as modeling
 
     model = perturb_(EoMTForUniversalSegmentation(tiny_config())).eval()
-    pixel_values = torch.randn(1, 3, 256, 256)  # upscale inputs of 16 and 32 rows: several bands of 8
-    with torch.no_grad():
-        expected = model(pixel_values).masks_queries_logits
-        calls, original = [], modeling.EoMTUpscaleBlock.forward_in_bands
+    pixel_values = torch.randn(2, 3, 256, 256)  # upscale inputs of 16 and 32 rows: several bands of 8
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        expected = model(pixel_values)
+        calls, original = [], modeling.EoMTUpscaleBlock.bands
         monkeypatch.setattr(modeling, "UPSCALE_BAND_BYTES", 1024)
-        monkeypatch.setattr(
-            modeling.EoMTUpscaleBlock, "forward_in_bands", lambda *a, **k: calls.append(k) or original(*a, **k)
-        )
-        actual = model(pixel_values).masks_queries_logits
-    assert calls == [{"rows": 8}] * 2 * (model.config.num_blocks + 1)  # 2 blocks per prediction, intermediate ones too
-    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-6)
+        monkeypatch.setattr(modeling.EoMTUpscaleBlock, "bands", lambda *a: calls.append(a[2]) or original(*a))
+        actual = model(pixel_values)
+    assert calls == [8] * 2 * (model.config.num_blocks + 1)  # 2 blocks per prediction, intermediate ones too
+    assert actual.masks_queries_logits.dtype == expected.masks_queries_logits.dtype == (dtype or torch.float32)
+    torch.testing.assert_close(actual.masks_queries_logits, expected.masks_queries_logits, atol=1e-6, rtol=1e-6)
+    for banded, whole in zip(actual.intermediate_masks_queries_logits, expected.intermediate_masks_queries_logits):
+        torch.testing.assert_close(banded, whole, atol=1e-6, rtol=1e-6)

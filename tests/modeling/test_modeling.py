@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForUniversalSegmentation
 
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation, EoMTModel
+from modeling_eomt.modeling_eomt import mask_logits_on_grid
 from tests.modeling.helpers import VARIANTS, perturb_, tiny_config
 
 
@@ -69,6 +71,18 @@ def test_sample_query_mask_draws_per_image_and_per_query():
     assert torch.equal(unmasked_rows, mask.any(-1))  # a row is all-on or all-off
     assert 0.6 < unmasked_rows.float().mean() < 0.8  # disabled with probability 1 - 0.3
     assert not torch.equal(unmasked_rows[0], unmasked_rows[1])
+
+
+@pytest.mark.parametrize("scale, grid", [(1, (4, 4)), (2, (3, 5)), (4, (4, 4)), (4, (5, 3)), (8, (2, 3)), (3, (4, 4))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_logits_on_grid_is_bilinear_resizing(scale, grid, dtype):
+    logits = torch.randn(2, 7, grid[0] * scale, grid[1] * scale).to(dtype)
+    expected = F.interpolate(logits.float(), size=grid, mode="bilinear", align_corners=False)
+    resized = mask_logits_on_grid(logits, grid)
+    assert resized.dtype == torch.float32 and resized.shape == (2, 7, *grid)
+    torch.testing.assert_close(resized, expected, atol=1e-6, rtol=0)
+    resized = mask_logits_on_grid(logits, (grid[0] * scale // 2 + 1, 5))  # not a multiple: F.interpolate
+    torch.testing.assert_close(resized, F.interpolate(logits.float(), size=resized.shape[-2:], mode="bilinear"))
 
 
 @pytest.mark.parametrize("variant", ["dinov2-registers-swiglu", "dinov3"])
