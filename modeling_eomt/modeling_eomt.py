@@ -729,10 +729,11 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
                 pixel_features = block.forward_in_bands(pixel_features, rows)
             else:  # the last block: the mask logits band by band, the upscaled features never whole
                 return self.mask_logits_in_bands(mask_embeddings, block, pixel_features, rows), class_logits
-        return self.mask_logits(mask_embeddings, pixel_features).unflatten(2, pixel_features.shape[-2:]), class_logits
+        mask_logits = self.compute_mask_logits(mask_embeddings, pixel_features)  # (B, Q, H * W)
+        return mask_logits.unflatten(2, pixel_features.shape[-2:]), class_logits
 
     @staticmethod
-    def mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Tensor | None = None) -> Tensor:
+    def compute_mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Tensor | None = None) -> Tensor:
         """`einsum("bqc,bchw->bqhw")` of `(B, Q, C)` embeddings and channels-last `(B, C, H, W)` features, flattened to
         `(B, Q, H * W)`: one batched matmul that reads the features in place, into `out` if given."""
         pixel_rows = pixel_features.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H * W, C), a view
@@ -763,7 +764,8 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
             dtype = torch.get_autocast_dtype(mask_embeddings.device.type)
         mask_logits = mask_embeddings.new_empty(batch, mask_embeddings.shape[1], 4 * height * width, dtype=dtype)
         for start, stop, features in block.bands(pixel_features, rows):  # features (B, C, 2 (stop - start), 2w)
-            self.mask_logits(mask_embeddings, features, out=mask_logits[:, :, 4 * start * width : 4 * stop * width])
+            band = mask_logits[:, :, 4 * start * width : 4 * stop * width]  # output rows 2 start .. 2 stop
+            self.compute_mask_logits(mask_embeddings, features, out=band)
         return mask_logits.unflatten(2, (2 * height, 2 * width))
 
     def sample_query_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: float) -> Tensor:
