@@ -225,7 +225,7 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     predict.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-        help="float32 (default), or autocast to bfloat16 (about 1.5x faster on CPUs with AVX-512 BF16) or float16 "
+        help="float32 (default), or autocast to bfloat16 (about 1.6x faster on CPUs with AVX-512 BF16) or float16 "
         "(GPUs; slow on CPU)",
     )  # fmt: skip
     predict.add_argument("--threshold", type=float, default=0.8, help="panoptic, instance: min. score (default: 0.8)")
