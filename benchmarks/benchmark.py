@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.measure import (
@@ -384,45 +383,11 @@ def random_targets(
     return masks, classes
 
 
-def stand_in_loss(
-    masks_queries_logits: Tensor,
-    class_queries_logits: Tensor,
-    mask_labels: Sequence[Tensor],
-    class_labels: Sequence[Tensor],
-    intermediate_masks_queries_logits: Sequence[Tensor] = (),
-    intermediate_class_queries_logits: Sequence[Tensor] = (),
-) -> Tensor:
-    """A cheap loss with the signature of `training.loss.MaskClassificationLoss` (no matching): query i is supervised
-    with target i (bilinearly resized masks, BCE) and class i, the remaining queries with "no object"; summed over the
-    final and every intermediate prediction."""
-    batch_size, num_queries, height, width = masks_queries_logits.shape
-    mask_targets = masks_queries_logits.new_zeros(batch_size, num_queries, height, width)
-    class_targets = torch.full(
-        (batch_size, num_queries), NUM_LABELS, dtype=torch.long, device=masks_queries_logits.device
-    )
-    for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
-        count = min(len(classes), num_queries)
-        resized = F.interpolate(masks[None, :count].float(), size=(height, width), mode="bilinear")  # (1, n, h, w)
-        mask_targets[index, :count] = resized[0]
-        class_targets[index, :count] = classes[:count]
-    levels = [*zip(intermediate_masks_queries_logits, intermediate_class_queries_logits)]
-    levels.append((masks_queries_logits, class_queries_logits))
-    return sum(
-        F.binary_cross_entropy_with_logits(masks.float(), mask_targets)
-        + F.cross_entropy(classes.float().flatten(0, 1), class_targets.flatten())
-        for masks, classes in levels
-    )
-
-
 def build_training_loss(config: EoMTConfig) -> tuple[Callable[..., Tensor], str]:
-    """The loss of the training step and its name.
+    """The loss of the training step, `training.loss.MaskClassificationLoss` (Hungarian matching, point-sampled
+    BCE / dice, class CE; the total only), and its name; both models get the same loss and the same targets."""
+    from training.loss import MaskClassificationLoss
 
-    Hook: the project's `training.loss.MaskClassificationLoss` (Hungarian matching, point-sampled BCE/dice, class CE)
-    when it exists, else `stand_in_loss`; both models get the same loss and the same targets."""
-    try:
-        from training.loss import MaskClassificationLoss
-    except ImportError:
-        return stand_in_loss, "stand-in loss (BCE + CE, no matching)"
     criterion = MaskClassificationLoss.from_config(config)
 
     def loss(*args: Any) -> Tensor:

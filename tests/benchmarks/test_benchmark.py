@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from benchmarks.benchmark import (
     build_config,
     build_model_pair,
+    build_training_loss,
     random_targets,
     run_benchmark,
-    stand_in_loss,
     training_step_function,
 )
 from benchmarks.measure import Stats, count_flops, paired_ratios, peak_rss_delta, time_interleaved
@@ -67,10 +67,12 @@ def test_training_step_gives_both_models_the_same_loss_and_update():
     pixel_values = torch.randn(2, 3, 32, 32)
     targets = random_targets(2, 32, num_masks=3, seed=0, device=torch.device("cpu"))
     losses = {}
+    project_loss, _ = build_training_loss(pair.config)
 
     def recording_loss(name):
         def loss(*args):
-            value = stand_in_loss(*args)
+            torch.manual_seed(0)  # the same sampled points for both models
+            value = project_loss(*args)
             levels = len(args[4]) + 1  # intermediate predictions + the final one
             losses[name] = (value.item(), levels)
             return value
