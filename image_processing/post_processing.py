@@ -185,20 +185,18 @@ def upsample_and_crop(mask_logits: Tensor, input_size: Size, valid_size: Size) -
         return mask_logits.new_empty((0, valid_h, valid_w))
     factor_h, factor_w = in_h // height, in_w // width
     exact_factors = all(f * s == t and f & (f - 1) == 0 for f, s, t in ((factor_h, height, in_h), (factor_w, width, in_w)))
-    if not exact_factors:
-        upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
-        return upsampled[:, :valid_h, :valid_w]
-    rows, cols = _rows_needed(valid_h, factor_h, height), _rows_needed(valid_w, factor_w, width)
-    # aten copies the input unchanged when its size equals the output size, whatever the scale: read one more
-    # (unused) low-resolution row / column so that sizes never coincide
-    rows += int(rows == valid_h and factor_h > 1)
-    cols += int(cols == valid_w and factor_w > 1)
-    if rows > height or cols > width:
-        upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
-        return upsampled[:, :valid_h, :valid_w]
-    source = mask_logits[None, :, :rows, :cols]
-    # the aten op takes the output size and the scale separately (F.interpolate accepts only one of them)
-    return torch.ops.aten.upsample_bilinear2d(source, [valid_h, valid_w], False, float(factor_h), float(factor_w))[0]
+    if exact_factors:
+        rows, cols = _rows_needed(valid_h, factor_h, height), _rows_needed(valid_w, factor_w, width)
+        # aten copies the input unchanged when its size equals the output size, whatever the scale: read one more
+        # (unused) low-resolution row / column so that sizes never coincide
+        rows += int(rows == valid_h and factor_h > 1)
+        cols += int(cols == valid_w and factor_w > 1)
+        if rows <= height and cols <= width:
+            source = mask_logits[None, :, :rows, :cols]
+            # the aten op takes the output size and the scale separately (F.interpolate accepts only one of them)
+            return torch.ops.aten.upsample_bilinear2d(source, [valid_h, valid_w], False, float(factor_h), float(factor_w))[0]
+    upsampled = F.interpolate(mask_logits[None], size=input_size, mode="bilinear", align_corners=False)[0]
+    return upsampled[:, :valid_h, :valid_w]
 
 
 def undo_padding_and_resize(mask_logits: Tensor, input_size: Size, valid_size: Size, target_size: Size) -> Tensor:
