@@ -48,10 +48,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from modeling_eomt.conversion import convert_checkpoint
 
-    overrides = {"num_attention_heads": args.num_heads, "image_size": args.image_size}
-    overrides = {name: value for name, value in overrides.items() if value is not None}
     model = convert_checkpoint(
-        args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset, **overrides
+        args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset,
+        **conversion_overrides(args),
     )
     config = model.config
     backbone = "DINOv3" if config.position_embedding_type == "rope" else "DINOv2"
@@ -63,6 +62,23 @@ def _convert(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.output}/ ({args.target_format} format)")
     return 0
+
+
+def _add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:
+    """The options of `modeling_eomt.conversion.load_checkpoint`: head count and input size of the authors' original
+    checkpoints (help prefixed with `original_only`), class names, the base of DINOv3 delta weights."""
+    parser.add_argument("--num-heads", type=int,
+                        help=f"{original_only}attention heads (default: width / 64, as in DINOv2/DINOv3)")  # fmt: skip
+    parser.add_argument("--image-size", type=int,
+                        help=f"{original_only}input size (default: the stored grid; 640 for DINOv3)")  # fmt: skip
+    parser.add_argument("--dataset", choices=("coco_panoptic", "coco_instance", "ade20k", "cityscapes"), help="class names")
+    parser.add_argument("--delta-base", help="the DINOv3 checkpoint the authors' DINOv3 (delta) weights add to")
+
+
+def conversion_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `EoMTConfig` overrides given with `--num-heads` and `--image-size` (see `_add_conversion_arguments`)."""
+    overrides = {"num_attention_heads": args.num_heads, "image_size": args.image_size}
+    return {name: value for name, value in overrides.items() if value is not None}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -239,10 +255,7 @@ def _add_predict_parser(commands) -> None:
         help="panoptic: class indices fused into one segment per image, comma-separated, or 'none' "
         "(default: the processor's; COCO's for COCO's panoptic classes)",
     )
-    predict.add_argument("--num-heads", type=int, help="original checkpoints: attention heads (default: width / 64)")
-    predict.add_argument("--image-size", type=int, help="original checkpoints: input size (default: the stored grid)")
-    predict.add_argument("--dataset", choices=("coco_panoptic", "coco_instance", "ade20k", "cityscapes"))
-    predict.add_argument("--delta-base", help="the DINOv3 checkpoint the authors' DINOv3 (delta) weights add to")
+    _add_conversion_arguments(predict, original_only="original checkpoints: ")
     predict.set_defaults(run=_predict)
 
 
@@ -288,10 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", help="output directory")
     convert.add_argument("--from", dest="source_format", default="auto", choices=("auto", "original", "transformers", "ours"))
     convert.add_argument("--to", dest="target_format", default="ours", choices=("ours", "transformers"))
-    convert.add_argument("--num-heads", type=int, help="attention heads (default: width / 64, as in DINOv2/DINOv3)")
-    convert.add_argument("--image-size", type=int, help="input size (default: the stored grid; 640 for DINOv3)")
-    convert.add_argument("--dataset", choices=("coco_panoptic", "coco_instance", "ade20k", "cityscapes"), help="class names")
-    convert.add_argument("--delta-base", help="the DINOv3 checkpoint the authors' DINOv3 (delta) weights add to")
+    _add_conversion_arguments(convert)
     convert.set_defaults(run=_convert)
 
     _add_train_parser(commands)

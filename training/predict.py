@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map, to_rgb_array
 from modeling_eomt import EoMTForUniversalSegmentation
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
+from training.cli import conversion_overrides
 from training.metrics.mask_ap import encode_masks
 
 TASKS = ("panoptic", "instance", "semantic")
@@ -447,9 +448,7 @@ def run_predict(args: Any) -> int:
         if not paths:
             report("no images to process")
             return 1
-        overrides = {"num_attention_heads": args.num_heads, "image_size": args.image_size}
-        overrides = {name: value for name, value in overrides.items() if value is not None}
-        model = load_model(args.model, args.delta_base, args.dataset, **overrides)
+        model = load_model(args.model, args.delta_base, args.dataset, **conversion_overrides(args))
         processor = load_processor(args.model, model.config, args.task)
         stuff_classes = None
         if args.stuff_classes is not None:
