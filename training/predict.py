@@ -210,9 +210,14 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+def class_names(id2label: dict[int, str]) -> tuple[str, ...]:
+    """The class names in class-index order, as `modeling_eomt.labels.DATASET_CLASSES` lists them."""
+    return tuple(id2label[label] for label in sorted(id2label))
+
+
 def coco_category_ids(id2label: dict[int, str]) -> list[int] | None:
     """COCO category id of every class when the classes are COCO's panoptic (133) or instance (80) ones, else None."""
-    names = tuple(id2label[label] for label in sorted(id2label))
+    names = class_names(id2label)
     for dataset in ("coco_panoptic", "coco_instance"):
         if names == DATASET_CLASSES[dataset]:
             return [category_id for category_id, _ in COCO_PANOPTIC_CATEGORIES[: len(names)]]
@@ -223,9 +228,8 @@ def default_stuff_classes(processor: EoMTImageProcessor, id2label: dict[int, str
     """The processor's stuff classes, else COCO's 53 for models with the COCO panoptic classes, else None."""
     if processor.stuff_classes is not None:
         return processor.stuff_classes
-    names = tuple(id2label[label] for label in sorted(id2label))
-    if names == DATASET_CLASSES["coco_panoptic"]:
-        return list(range(COCO_NUM_THING_CLASSES, len(names)))
+    if class_names(id2label) == DATASET_CLASSES["coco_panoptic"]:
+        return list(range(COCO_NUM_THING_CLASSES, len(id2label)))
     return None
 
 
