@@ -631,7 +631,7 @@ class EoMTUpscaleBlock(GradientCheckpointingLayer):
         return torch.cat([band for _, _, band in self.bands(hidden_states, rows)], dim=2)
 
 
-# Inference upscales large maps in bands of about this many output bytes (see `EoMTUpscaleBlock.forward_in_bands`).
+# Inference upscales large maps in bands of about this many output bytes (see `EoMTForUniversalSegmentation.band_rows`).
 UPSCALE_BAND_BYTES = 8 * 2**20
 
 
