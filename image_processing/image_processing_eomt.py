@@ -25,9 +25,9 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.utils import logging
 
-from .inputs import ImageInput, as_image_list, open_image, to_rgb_array
+from .inputs import ImageInput, as_image_list, to_label_array, to_rgb_array
 from .post_processing import post_process_instance, post_process_panoptic, post_process_semantic
-from .targets import MaskTarget, instance_target, panoptic_target, rgb_to_id, semantic_target
+from .targets import MaskTarget, check_class_ids, instance_target, panoptic_target, rgb_to_id, semantic_target
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,7 +36,6 @@ from .transforms import (
     normalize_image,
     pad_bottom_right,
     resize_image,
-    resize_labels,
     shortest_side_size,
     sliding_windows,
 )
@@ -269,7 +268,7 @@ class EoMTImageProcessor(BaseImageProcessor):
                 target = self._encode_target(
                     maps[index], index, original_size, settings, instance_id_to_semantic_id, segments_info, category_to_label
                 )
-                target = _resize_target(target, resized)
+                target = target.resized(resized)
             rgb = resize_image(rgb, resized, _RESAMPLE_NAMES[settings["resample"]])
             for array, mask_target, offset in self._layout(rgb, target, index, settings):
                 pixel_values.append(self._normalize(array, settings))
@@ -306,10 +305,7 @@ class EoMTImageProcessor(BaseImageProcessor):
             for start, end in sliding_windows(max(height, width), window):
                 top, left = (start, 0) if along_height else (0, start)
                 row = crop(image, top, left, window, window, channels_last=True)
-                row_target = None
-                if target is not None:
-                    row_target = MaskTarget(crop(target.masks, top, left, window, window), target.labels, target.is_crowd)
-                    row_target = row_target.non_empty()
+                row_target = None if target is None else target.cropped(top, left, window, window)
                 yield row, row_target, (index, start, end)
         elif settings["do_pad"]:
             side = self._input_side(settings["size"])
@@ -317,7 +313,7 @@ class EoMTImageProcessor(BaseImageProcessor):
                 raise ValueError(f"images[{index}]: {height}x{width} does not fit the {side}x{side} input "
                                  f"(keep do_resize=True to pad)")
             if target is not None:
-                target = MaskTarget(pad_bottom_right(target.masks, (side, side)), target.labels, target.is_crowd)
+                target = target.padded((side, side))
             yield pad_bottom_right(image, (side, side), channels_last=True), target, None
         else:
             yield image, target, None
@@ -345,11 +341,11 @@ class EoMTImageProcessor(BaseImageProcessor):
         if isinstance(annotation, MaskTarget):
             target = annotation
         elif segments_info is not None:
-            array = _label_array(annotation, source, allow_rgb=True)
+            array = to_label_array(annotation, source, allow_rgb=True)
             id_map = rgb_to_id(array) if array.ndim == 3 else array
             target = panoptic_target(id_map, segments_info[index], category_to_label, source=source)
         else:
-            label_map = _label_array(annotation, source, allow_rgb=False)
+            label_map = to_label_array(annotation, source, allow_rgb=False)
             if instance_id_to_semantic_id is not None:
                 mapping = instance_id_to_semantic_id[index]
                 if settings["reduce_labels"]:
@@ -364,9 +360,8 @@ class EoMTImageProcessor(BaseImageProcessor):
         if target.size != tuple(image_size):
             raise ValueError(f"{source} is {target.size[0]}x{target.size[1]} but images[{index}] is "
                              f"{image_size[0]}x{image_size[1]} (after its EXIF orientation)")
-        if num_labels is not None and len(target) and (target.labels.min() < 0 or target.labels.max() >= num_labels):
-            bad = sorted({int(label) for label in target.labels if not 0 <= label < num_labels})
-            raise ValueError(f"{source}: class ids {bad[:10]} are outside [0, {num_labels})")
+        if num_labels is not None:
+            check_class_ids(target.labels, num_labels, source)
         return target
 
     # ------------------------------------------------------------------------------------------------------------
@@ -530,37 +525,6 @@ def _per_image(name: str, value: Any, count: int) -> list | None:
     if len(value) != count:
         raise ValueError(f"{name} has {len(value)} entries for {count} images (one per image)")
     return value
-
-
-def _label_array(annotation: Any, source: str, allow_rgb: bool) -> np.ndarray:
-    """An annotation (path, PIL image, array, tensor) as an integer array `(H, W)` (or `(H, W, 3)` RGB)."""
-    if isinstance(annotation, (str, bytes)) or hasattr(annotation, "__fspath__"):
-        annotation = open_image(annotation, source)
-    if isinstance(annotation, Image.Image):
-        if annotation.mode in ("RGB", "RGBA") and allow_rgb:
-            annotation = annotation.convert("RGB")
-        annotation = np.asarray(annotation)
-    if isinstance(annotation, torch.Tensor):
-        annotation = annotation.detach().cpu().numpy()
-    array = np.asarray(annotation)
-    if array.ndim == 3 and allow_rgb and array.shape[-1] in (3, 4):
-        return array[..., :3]
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-        array = array.reshape(array.shape[:2] if array.shape[-1] == 1 else array.shape[1:])
-    if array.ndim != 2:
-        expected = "(H, W) or an RGB panoptic PNG (H, W, 3)" if allow_rgb else "(H, W)"
-        raise ValueError(f"{source}: expected a label map {expected}, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-        if not np.array_equal(array, np.round(array)):
-            raise ValueError(f"{source}: label maps must hold integer ids, got non-integer {array.dtype} values")
-    return array.astype(np.int64)
-
-
-def _resize_target(target: MaskTarget, size: tuple[int, int]) -> MaskTarget:
-    """Masks resized with nearest neighbour (as the image's label map would be); segments that vanish are dropped."""
-    if target.size == tuple(size):
-        return target
-    return MaskTarget(resize_labels(target.masks, size), target.labels, target.is_crowd).non_empty()
 
 
 def _stack(pixel_values: list[torch.Tensor], return_tensors: str | None):

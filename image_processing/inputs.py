@@ -1,4 +1,5 @@
-"""Whatever image a user has, as an RGB `(H, W, 3)` numpy array.
+"""Whatever image a user has, as an RGB `(H, W, 3)` numpy array (and whatever label map, as an int64 `(H, W)` array:
+`to_label_array`).
 
 Accepted: file paths, PIL images (any mode; the EXIF orientation is applied), numpy arrays and torch tensors
 (`(H, W)`, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels). Pixel values keep the 0-255 scale of 8-bit images:
@@ -23,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+LabelInput = Union[str, bytes, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -163,3 +165,29 @@ def as_image_list(images: ImageInput | Sequence[ImageInput], name: str = "images
     if not batch:
         raise ValueError(f"{name} is empty: expected an image or a non-empty list of images")
     return batch
+
+
+def to_label_array(annotation: LabelInput, source: str = "segmentation map", allow_rgb: bool = False) -> np.ndarray:
+    """An annotation (path, PIL image, array, tensor) as an int64 label map `(H, W)`; with `allow_rgb`, an RGB(A)
+    image (a COCO panoptic PNG) is returned as its `(H, W, 3)` colour channels. Non-integer values and other shapes are
+    errors naming `source`."""
+    if isinstance(annotation, (str, bytes)) or hasattr(annotation, "__fspath__"):
+        annotation = open_image(annotation, source)
+    if isinstance(annotation, Image.Image):
+        if annotation.mode in ("RGB", "RGBA") and allow_rgb:
+            annotation = annotation.convert("RGB")
+        annotation = np.asarray(annotation)
+    if isinstance(annotation, torch.Tensor):
+        annotation = annotation.detach().cpu().numpy()
+    array = np.asarray(annotation)
+    if array.ndim == 3 and allow_rgb and array.shape[-1] in (3, 4):
+        return array[..., :3]
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.reshape(array.shape[:2] if array.shape[-1] == 1 else array.shape[1:])
+    if array.ndim != 2:
+        expected = "(H, W) or an RGB panoptic PNG (H, W, 3)" if allow_rgb else "(H, W)"
+        raise ValueError(f"{source}: expected a label map {expected}, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError(f"{source}: label maps must hold integer ids, got non-integer {array.dtype} values")
+    return array.astype(np.int64)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .transforms import crop, pad_bottom_right, resize_labels
+
 
 @dataclass
 class MaskTarget:
@@ -51,6 +53,21 @@ class MaskTarget:
         """Drop segments without pixels (e.g. cropped away)."""
         return self.select(self.masks.any(axis=(1, 2)))
 
+    def resized(self, size: tuple[int, int]) -> "MaskTarget":
+        """Masks resized with nearest neighbour to `size = (h, w)`, as the image's label map would be; segments that
+        vanish are dropped. The target itself when it already has that size."""
+        if self.size == tuple(size):
+            return self
+        return MaskTarget(resize_labels(self.masks, size), self.labels, self.is_crowd).non_empty()
+
+    def cropped(self, top: int, left: int, height: int, width: int) -> "MaskTarget":
+        """The `height x width` window at (`top`, `left`); segments cropped away are dropped."""
+        return MaskTarget(crop(self.masks, top, left, height, width), self.labels, self.is_crowd).non_empty()
+
+    def padded(self, size: tuple[int, int]) -> "MaskTarget":
+        """Masks zero-padded at the bottom and right to `size = (h, w)`: the padding belongs to no segment."""
+        return MaskTarget(pad_bottom_right(self.masks, size), self.labels, self.is_crowd)
+
     def semantic_map(self, ignore_index: int = 255) -> np.ndarray:
         """Class index per pixel `(H, W)`, `ignore_index` where no mask is set (later masks win on overlaps)."""
         out = np.full(self.size, ignore_index, dtype=np.int64)
@@ -81,6 +98,28 @@ def _masks_for_ids(id_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return id_map[None] == np.asarray(ids).reshape(-1, 1, 1)
 
 
+def _present_ids(id_map: np.ndarray, ignore_index: int | None, what: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """`id_map` as a 2-D array (else an error naming `what` and `source`) and its sorted values other than
+    `ignore_index`."""
+    id_map = np.asarray(id_map)
+    if id_map.ndim != 2:
+        raise ValueError(f"{source}: {what} must be 2-D (H, W), got shape {id_map.shape}")
+    ids = np.unique(id_map)
+    if ignore_index is not None:
+        ids = ids[ids != ignore_index]
+    return id_map, ids
+
+
+def check_class_ids(labels: np.ndarray, num_labels: int | None, source: str, note: str = "") -> None:
+    """Class ids must lie in `[0, num_labels)` (only be non-negative when `num_labels` is None); the error names
+    `source`, the first offending ids and `note`."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    outside = (labels < 0) | (labels >= num_labels) if num_labels is not None else labels < 0
+    if outside.any():
+        bad = np.unique(labels[outside])[:10].tolist()
+        raise ValueError(f"{source}: class ids {bad} are outside [0, {num_labels}){note}")
+
+
 def panoptic_target(
     id_map: np.ndarray,
     segments_info: Sequence[Mapping],
@@ -91,16 +130,12 @@ def panoptic_target(
     `segments_info` (`[{"id", "category_id", "iscrowd"?}]`). `category_to_label` maps dataset category ids to
     contiguous labels (identity when None). Ids in the map missing from `segments_info`, and categories missing from
     `category_to_label`, are errors naming `source`; segments without pixels are dropped."""
-    id_map = np.asarray(id_map)
-    if id_map.ndim != 2:
-        raise ValueError(f"{source}: the segment-id map must be 2-D (H, W), got shape {id_map.shape}")
+    id_map, present = _present_ids(id_map, 0, "the segment-id map", source)
     by_id: dict[int, Mapping] = {}
     for segment in segments_info:
         if "id" not in segment or "category_id" not in segment:
             raise ValueError(f"{source}: every segments_info entry needs 'id' and 'category_id', got {dict(segment)}")
         by_id[int(segment["id"])] = segment
-    present = np.unique(id_map)
-    present = present[present != 0]
     unknown = sorted(int(i) for i in present if int(i) not in by_id)
     if unknown:
         raise ValueError(f"{source}: segment ids {unknown[:10]} in the PNG are not in segments_info")
@@ -120,15 +155,8 @@ def semantic_target(
 ) -> MaskTarget:
     """One mask per class present in a class-index map `(H, W)`; `ignore_index` pixels belong to no mask. Classes
     outside `[0, num_labels)` (when given) are an error naming `source`."""
-    semantic_map = np.asarray(semantic_map)
-    if semantic_map.ndim != 2:
-        raise ValueError(f"{source}: a semantic map must be 2-D (H, W), got shape {semantic_map.shape}")
-    classes = np.unique(semantic_map)
-    if ignore_index is not None:
-        classes = classes[classes != ignore_index]
-    bad = [int(c) for c in classes if c < 0 or (num_labels is not None and c >= num_labels)]
-    if bad:
-        raise ValueError(f"{source}: class ids {bad[:10]} are outside [0, {num_labels}) (ignore_index={ignore_index})")
+    semantic_map, classes = _present_ids(semantic_map, ignore_index, "a semantic map", source)
+    check_class_ids(classes, num_labels, source, note=f" (ignore_index={ignore_index})")
     return MaskTarget(_masks_for_ids(semantic_map, classes), classes.astype(np.int64), np.zeros(len(classes), bool))
 
 
@@ -141,18 +169,11 @@ def instance_target(
 ) -> MaskTarget:
     """One mask per instance id of an instance-id map `(H, W)`, labelled by `instance_id_to_semantic_id`; ids equal
     to `ignore_index` belong to no mask. An id without a class, or a class outside `[0, num_labels)`, is an error."""
-    instance_map = np.asarray(instance_map)
-    if instance_map.ndim != 2:
-        raise ValueError(f"{source}: an instance map must be 2-D (H, W), got shape {instance_map.shape}")
-    ids = np.unique(instance_map)
-    if ignore_index is not None:
-        ids = ids[ids != ignore_index]
+    instance_map, ids = _present_ids(instance_map, ignore_index, "an instance map", source)
     mapping = {int(k): int(v) for k, v in instance_id_to_semantic_id.items()}
     missing = [int(i) for i in ids if int(i) not in mapping]
     if missing:
         raise ValueError(f"{source}: instance ids {missing[:10]} have no entry in instance_id_to_semantic_id")
     labels = np.asarray([mapping[int(i)] for i in ids], np.int64)
-    bad = [int(c) for c in labels if c < 0 or (num_labels is not None and c >= num_labels)]
-    if bad:
-        raise ValueError(f"{source}: class ids {bad[:10]} are outside [0, {num_labels})")
+    check_class_ids(labels, num_labels, source)
     return MaskTarget(_masks_for_ids(instance_map, ids), labels, np.zeros(len(ids), bool))

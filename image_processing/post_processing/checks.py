@@ -13,14 +13,17 @@ from torch import Tensor
 Size = tuple[int, int]
 
 
+def _check_tensor(name: str, value: Any, ndim: int, layout: str) -> None:
+    """`value` must be a tensor of `ndim` dimensions (`layout` names them in the error)."""
+    if not isinstance(value, Tensor) or value.ndim != ndim:
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a {layout} tensor, got {got}")
+
+
 def _check_outputs(class_queries_logits: Tensor, masks_queries_logits: Tensor) -> tuple[Tensor, Tensor]:
     """Validate shapes and return both logits as float32 (bf16/fp16 are upcast)."""
-    if not isinstance(class_queries_logits, Tensor) or class_queries_logits.ndim != 3:
-        got = tuple(class_queries_logits.shape) if isinstance(class_queries_logits, Tensor) else type(class_queries_logits).__name__
-        raise ValueError(f"class_queries_logits must be a (batch, queries, classes + 1) tensor, got {got}")
-    if not isinstance(masks_queries_logits, Tensor) or masks_queries_logits.ndim != 4:
-        got = tuple(masks_queries_logits.shape) if isinstance(masks_queries_logits, Tensor) else type(masks_queries_logits).__name__
-        raise ValueError(f"masks_queries_logits must be a (batch, queries, height, width) tensor, got {got}")
+    _check_tensor("class_queries_logits", class_queries_logits, 3, "(batch, queries, classes + 1)")
+    _check_tensor("masks_queries_logits", masks_queries_logits, 4, "(batch, queries, height, width)")
     if class_queries_logits.shape[:2] != masks_queries_logits.shape[:2]:
         raise ValueError(
             f"class_queries_logits {tuple(class_queries_logits.shape)} and masks_queries_logits "
@@ -36,6 +39,7 @@ def _check_outputs(class_queries_logits: Tensor, masks_queries_logits: Tensor) -
 
 
 def _to_size(name: str, size: Any) -> Size:
+    """One `(height, width)` of positive integers (a sequence or a tensor)."""
     values = size.tolist() if isinstance(size, Tensor) else size
     try:
         height, width = (int(value) for value in values)
@@ -47,6 +51,7 @@ def _to_size(name: str, size: Any) -> Size:
 
 
 def _size_list(name: str, sizes: Any, count: int, what: str) -> list[Size]:
+    """`count` sizes, one per `what` (named in errors), as `(height, width)` tuples."""
     if isinstance(sizes, Tensor):
         sizes = sizes.tolist()
     if sizes is None or len(sizes) != count:
@@ -63,6 +68,7 @@ def _input_size(input_size: Any, masks_queries_logits: Tensor) -> Size:
 
 
 def _valid_sizes(valid_sizes: Any, count: int, input_size: Size) -> list[Size]:
+    """The unpadded top-left region of each input, within `input_size`; default the whole input."""
     if valid_sizes is None:
         return [input_size] * count
     sizes = _size_list("valid_sizes", valid_sizes, count, "image")
@@ -91,12 +97,12 @@ def _segments_info(ids: Tensor, label_ids: Tensor, scores: Tensor) -> list[dict[
 
 
 def _class_id_tensor(name: str, class_ids: Sequence[int] | None, num_classes: int, device: torch.device) -> Tensor:
+    """`class_ids` (None: none) as a long tensor on `device`, each checked to be one of the outputs' classes."""
     ids = torch.as_tensor(list(class_ids) if class_ids is not None else [], dtype=torch.long)
     bad = ids[(ids < 0) | (ids >= num_classes)]
     if bad.numel():
         raise ValueError(f"{name} contains {bad.tolist()}, outside the {num_classes} classes of the outputs (0..{num_classes - 1})")
     return ids.to(device)
-
 
 
 def _check_thresholds(**thresholds: float) -> None:

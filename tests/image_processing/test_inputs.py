@@ -1,11 +1,12 @@
-"""Every kind of image a user may pass becomes the RGB array they expect (image_processing.inputs)."""
+"""Every kind of image a user may pass becomes the RGB array they expect, every kind of label map an int64 map
+(image_processing.inputs)."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from image_processing.inputs import as_image_list, to_rgb_array
+from image_processing.inputs import as_image_list, to_label_array, to_rgb_array
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
@@ -136,3 +137,27 @@ def test_missing_and_non_image_files(tmp_path):
     text.write_text("this is not a PNG")
     with pytest.raises(ValueError, match=r"images\[0\]: cannot read '.*notes\.png' as an image"):
         to_rgb_array(text, source="images[0]")
+
+
+def test_every_kind_of_label_map_becomes_int64(tmp_path):
+    labels = RNG.integers(0, 200, (5, 7)).astype(np.uint8)
+    Image.fromarray(labels, "L").save(tmp_path / "labels.png")
+    for annotation in (tmp_path / "labels.png", str(tmp_path / "labels.png"), Image.fromarray(labels, "L"), labels,
+                       torch.from_numpy(labels), labels[None], labels[..., None], labels.astype(np.float32)):
+        array = to_label_array(annotation)
+        assert array.dtype == np.int64 and np.array_equal(array, labels)
+    assert to_label_array(labels > 100).tolist() == (labels > 100).astype(int).tolist()
+    rgb = Image.fromarray(RGB).convert("RGBA")  # a panoptic PNG: its colours, only with allow_rgb
+    assert np.array_equal(to_label_array(rgb, allow_rgb=True), RGB)
+    assert np.array_equal(to_label_array(np.dstack([RGB, GRAY]), allow_rgb=True), RGB)
+
+
+def test_bad_label_maps_name_the_source_and_problem(tmp_path):
+    with pytest.raises(ValueError, match=r"maps\[1\]: expected a label map \(H, W\), got shape \(5, 7, 3\)"):
+        to_label_array(RGB, "maps[1]")
+    with pytest.raises(ValueError, match=r"an RGB panoptic PNG \(H, W, 3\), got shape \(2, 5, 7, 3\)"):
+        to_label_array(np.stack([RGB, RGB]), "maps[1]", allow_rgb=True)
+    with pytest.raises(ValueError, match=r"maps\[1\]: label maps must hold integer ids, got non-integer float64"):
+        to_label_array(np.full((2, 2), 0.5), "maps[1]")
+    with pytest.raises(ValueError, match=r"maps\[1\]: no image file at '.*missing\.png'"):
+        to_label_array(tmp_path / "missing.png", "maps[1]")

@@ -5,15 +5,7 @@ import pytest
 import torch
 
 from image_processing.post_processing import post_process_instance, undo_padding_and_resize
-from tests.image_processing.post_processing.helpers import (
-    CLASSES,
-    INPUT,
-    TARGETS,
-    outputs_for,
-    padded_processor,
-    realistic,
-    valid_sizes,
-)
+from tests.image_processing.post_processing.helpers import CLASSES, INPUT, TARGETS, outputs_for, padded_processor, realistic, valid_sizes
 
 
 @pytest.mark.parametrize("seed", [0, 1])

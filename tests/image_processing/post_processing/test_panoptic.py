@@ -6,15 +6,7 @@ import torch
 
 from image_processing.post_processing import panoptic, post_process_panoptic
 from image_processing.post_processing.panoptic import _float32_above
-from tests.image_processing.post_processing.helpers import (
-    CLASSES,
-    INPUT,
-    TARGETS,
-    outputs_for,
-    padded_processor,
-    realistic,
-    valid_sizes,
-)
+from tests.image_processing.post_processing.helpers import CLASSES, INPUT, TARGETS, outputs_for, padded_processor, realistic, valid_sizes
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -1,19 +1,19 @@
-"""Target encoding (panoptic / semantic / instance -> masks) and the shared resize/pad/crop primitives."""
+"""Target encoding (image_processing.targets): panoptic / semantic / instance annotations -> masks, and the geometry
+of a `MaskTarget`."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from image_processing.targets import MaskTarget, id_to_rgb, instance_target, panoptic_target, rgb_to_id, semantic_target
-from image_processing.transforms import (
-    crop,
-    longest_side_size,
-    normalize_image,
-    pad_bottom_right,
-    resize_image,
-    resize_labels,
-    shortest_side_size,
+from image_processing.targets import (
+    MaskTarget,
+    check_class_ids,
+    id_to_rgb,
+    instance_target,
+    panoptic_target,
+    rgb_to_id,
+    semantic_target,
 )
+from image_processing.transforms import crop, pad_bottom_right, resize_labels
 
 
 def test_rgb_id_round_trip_and_encoding():
@@ -67,47 +67,26 @@ def test_mask_target_select_and_non_empty():
         MaskTarget(masks, [1, 2], [False, False])
 
 
-@pytest.mark.parametrize("size, longest, expected", [((480, 640), 640, (480, 640)), ((100, 40), 64, (64, 26)), ((1, 43), 64, (1, 64))])
-def test_longest_side_size(size, longest, expected):
-    assert longest_side_size(*size, longest) == expected
-    assert max(expected) == longest
+def test_mask_target_geometry_follows_the_label_arrays():
+    masks = np.zeros((3, 6, 8), bool)
+    masks[0, :3, :4], masks[1, 3:, 4:], masks[2, 4, 6] = True, True, True  # the third: one pixel nearest skips
+    target = MaskTarget(masks, [4, 5, 6], [False, True, False])
+    assert target.resized((6, 8)) is target  # already that size: unchanged, nothing dropped
+    small = target.resized((3, 4))
+    assert np.array_equal(small.masks, resize_labels(masks, (3, 4))[[0, 1]])  # the single pixel vanished
+    assert small.labels.tolist() == [4, 5] and small.is_crowd.tolist() == [False, True]
+    window = target.cropped(0, 0, 3, 5)
+    assert np.array_equal(window.masks, crop(masks, 0, 0, 3, 5)[[0]]) and window.labels.tolist() == [4]
+    padded = target.padded((7, 10))
+    assert np.array_equal(padded.masks, pad_bottom_right(masks, (7, 10))) and not padded.masks[:, 6:].any()
+    assert padded.labels.tolist() == [4, 5, 6] and padded.is_crowd.tolist() == [False, True, False]
 
 
-def test_shortest_side_size_and_bad_size():
-    assert shortest_side_size(300, 1000, 512) == (512, 1707)
-    with pytest.raises(ValueError, match="must be positive"):
-        shortest_side_size(0, 10, 5)
-
-
-def test_resize_matches_pil_and_keeps_labels_aligned():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)
-    expected = np.asarray(Image.fromarray(image).resize((100, 60), Image.BILINEAR))
-    assert np.array_equal(resize_image(image, (60, 100)), expected)
-    ids = rng.integers(0, 70000, (30, 50))
-    resized = resize_labels(ids, (45, 20))
-    assert set(np.unique(resized)) <= set(np.unique(ids))  # nearest: no new values
-    masks = ids[None] == np.unique(ids)[:3, None, None]
-    assert np.array_equal(resize_labels(masks, (45, 20)), resized[None] == np.unique(ids)[:3, None, None])
-
-
-def test_pad_and_crop():
-    image = np.ones((3, 4, 3), np.uint8)
-    padded = pad_bottom_right(image, (5, 6), channels_last=True)
-    assert padded.shape == (5, 6, 3) and padded[3:].sum() == 0 and padded[:3, :4].all()
-    masks = np.ones((2, 3, 4), bool)
-    assert pad_bottom_right(masks, (2, 2)).shape == (2, 3, 4)  # never shrinks
-    assert crop(padded, 1, 2, 3, 3, channels_last=True).shape == (3, 3, 3)
-
-
-def test_normalize_image():
-    import torch
-
-    image = np.zeros((2, 3, 3), np.uint8)
-    image[..., 0] = 255
-    pixels = normalize_image(image)
-    assert pixels.shape == (3, 2, 3) and pixels.dtype == torch.float32
-    torch.testing.assert_close(pixels[0], torch.full((2, 3), (1 - 0.485) / 0.229))
-    torch.testing.assert_close(pixels[2], torch.full((2, 3), -0.406 / 0.225))
-    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) image"):
-        normalize_image(np.zeros((2, 3), np.uint8))
+def test_check_class_ids_names_the_first_bad_ids():
+    check_class_ids(np.array([0, 2, 2]), 3, "a")  # within range: no error
+    with pytest.raises(ValueError, match=r"b: class ids \[3, 7\] are outside \[0, 3\) \(note\)"):
+        check_class_ids(np.array([7, 0, 3, 3]), 3, "b", note=" (note)")
+    with pytest.raises(ValueError, match=r"c: class ids \[-1\] are outside \[0, None\)"):
+        check_class_ids([5, -1], None, "c")  # without num_labels only negative ids are wrong
+    with pytest.raises(ValueError, match=r"d: class ids \[10, 11, 12, 13, 14, 15, 16, 17, 18, 19\] are"):
+        check_class_ids(np.arange(30), 10, "d")  # the first ten are named
