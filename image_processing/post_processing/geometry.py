@@ -78,7 +78,6 @@ def _linear_taps(out_size: int, in_size: int, device: torch.device) -> tuple[Ten
     return index0.to(device), index1.to(device), (1 - weight1).to(device), weight1.to(device)
 
 
-
 @dataclass(frozen=True)
 class _View:
     """One model output of an image: its valid `height x width` input region sits at (`top`, `left`) in the canvas."""
@@ -92,6 +91,8 @@ class _View:
 
 @dataclass(frozen=True)
 class _SemanticImage:
+    """The model outputs (views) of one image, the resized image they tile and the size of the result."""
+
     views: tuple[_View, ...]
     canvas: Size  # the (resized) image the views tile, each spanning it across
     target: Size

@@ -27,7 +27,6 @@ def _float32_above(value: float) -> float:
     return float(candidate)
 
 
-
 def _block_spans(out_len: int, valid_len: int, input_len: int, low_len: int, block: int, device: torch.device) -> tuple[Tensor, int]:
     """Along one axis, for blocks of `block` output pixels: the first low-resolution index each block reads through
     `undo_padding_and_resize` (with torch's own bilinear taps) and the longest span read by any block."""

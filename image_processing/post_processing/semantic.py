@@ -26,7 +26,6 @@ def semantic_probabilities(class_queries_logits: Tensor, masks_queries_logits: T
     return torch.einsum("bqk,bqhw->bkhw", class_probs, mask_probs)
 
 
-
 def _scores_at_pixels(image: _SemanticImage, probs: Tensor, logits: Tensor, input_size: Size, pixels: Tensor) -> Tensor:
     """Exact class scores `(M, K)` at target `pixels` `(M, 2)` (row, column) from all queries and classes, evaluated
     point by point: the same bilinear taps and weights as the full computation, for these pixels only."""
