@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers.image_transforms import get_size_with_aspect_ratio
 from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil, compute_segments
 
-from benchmarks.postprocessing import synthetic_outputs, synthetic_window_outputs
+from benchmarks.inputs import synthetic_outputs, synthetic_window_outputs
 from image_processing import post_processing
 from image_processing.post_processing import (
     _float32_above,
