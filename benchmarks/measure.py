@@ -1,5 +1,5 @@
-"""Measuring tools of the benchmark: interleaved timing, robust statistics, FLOP counting, the machine's matmul
-ceiling and the peak memory of a function run in a fresh process."""
+"""Measuring tools of the benchmark: interleaved timing, robust statistics, FLOP counting, and the peak memory of a
+function run in a fresh process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -159,16 +160,23 @@ def peak_rss_delta(step: Callable[[], object], repeats: int) -> list[int]:
     return deltas
 
 
-def run_memory_probe(arguments: Sequence[str]) -> dict:
-    """Run `python -m benchmarks.benchmark --memory-probe ...arguments` in a fresh process and return its JSON line."""
-    command = [sys.executable, "-m", "benchmarks.benchmark", *arguments]
+def run_in_fresh_process(target: str, arguments: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+    """`function(**arguments)` for `target` = "package.module:function", run in a new Python process (with `env` added
+    to the environment), and its return value, which must be JSON-serialisable."""
+    module, function = target.split(":")
+    code = (
+        "import importlib, json, sys; "
+        f"result = importlib.import_module({module!r}).{function}(**json.loads(sys.argv[1])); "
+        "print(json.dumps(result))"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {
+    environment = {
         **os.environ,
-        **MEMORY_PROBE_ENV,
+        **(env or {}),
         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
     }
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
+    command = [sys.executable, "-c", code, json.dumps(arguments)]
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=root)
     if completed.returncode != 0:
-        raise RuntimeError(f"memory probe {' '.join(arguments)} failed:\n{completed.stderr[-2000:]}")
+        raise RuntimeError(f"{target}({arguments}) failed in a fresh process:\n{completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])

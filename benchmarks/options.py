@@ -1,4 +1,4 @@
-"""Command-line options of `benchmarks.benchmark`, importable without torch (for `eomt benchmark --help`)."""
+"""The options of `eomt benchmark`, importable without torch (building the `eomt` parser imports them)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The benchmark's options, shared by `python -m benchmarks.benchmark` and `eomt benchmark`."""
+    """The benchmark's options (the sections read them from `context.args`)."""
     parser.add_argument(
         "--sections",
         default="all",
-        help="comma-separated sections to run, e.g. forward,training "
-        "(default: all that apply to the device; an unknown name lists the available ones)",
+        help="comma-separated sections to run, e.g. forward,training (default: all that apply to the device, except "
+        "those run only when named; listed below)",
     )
     parser.add_argument("--size", default="S", choices=["S", "B", "L"], help="ViT size (default S)")
     parser.add_argument(
@@ -59,5 +59,4 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         "--profile-rows", type=int, default=12, help="operators listed by the profile section (default 12)"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON to this file")
-    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: the fresh memory process
     return parser

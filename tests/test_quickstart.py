@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from training.cli import main
+from training.commands import main
 
 
 def test_quickstart_writes_overlay_and_reloadable_model(tmp_path, capsys):

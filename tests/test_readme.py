@@ -12,7 +12,7 @@ import pytest
 from accelerate.commands.launch import launch_command_parser
 
 from tests.training.helpers import single_thread  # noqa: F401 (a fixture)
-from training.cli import build_parser, main
+from training.commands import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -23,12 +23,12 @@ def code_blocks(language: str) -> list[str]:
 
 
 def eomt_arguments(line: str) -> list[str] | None:
-    """The arguments an `eomt` command line passes to `training.cli` (None for other lines)."""
+    """The arguments an `eomt` command line passes to `training.commands` (None for other lines)."""
     words = shlex.split(line)
     for index, word in enumerate(words):
         if Path(word).name == "eomt":
             return words[index + 1 :]
-        if word == "training.cli" and words[index - 1] == "-m":
+        if word == "training.commands" and words[index - 1] == "-m":
             return words[index + 1 :]
     return None
 

@@ -1,4 +1,5 @@
-"""Training, data and metrics for EoMT: losses, mask annealing, the trainer, data sets, metrics and the CLI.
+"""Training, data and metrics for EoMT: losses, mask annealing, the trainer, data sets, metrics, inference on image
+files and the `eomt` command (`training.commands`).
 
 The main classes are importable from here (`from training import EoMTTrainer`); they load on first use, so that
 `import training.data` does not pull in `transformers.Trainer`.

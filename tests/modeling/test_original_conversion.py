@@ -8,26 +8,18 @@ original tensors following the authors' forward pass (`authors_forward`).
 """
 
 import argparse
-import json
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
-from transformers import (
-    AutoModelForUniversalSegmentation,
-    DINOv3ViTConfig,
-    DINOv3ViTModel,
-    EomtForUniversalSegmentation,
-)
+from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from modeling_eomt.conversion import convert_original_checkpoint
 from modeling_eomt.labels import DATASET_CLASSES
 from tests.modeling.helpers import perturb_
-from training.cli import main
 
 BACKBONE = "network.encoder.backbone."
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -435,59 +427,3 @@ def test_dataset_presets():
 
     ids = [category_id for category_id, _ in COCO_PANOPTIC_CATEGORIES]
     assert ids == sorted(ids) and ids[-1] == 200  # contiguous index = rank of the category id, as the authors map them
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# `eomt convert`
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_cli_converts_original_then_exports_to_transformers(tmp_path, capsys):
-    source = source_model("dinov2-registers", num_labels=19)
-    path = save_checkpoint(original_state_dict(source), tmp_path, "bin")
-    assert main(["convert", str(path), str(tmp_path / "ours"), "--dataset", "cityscapes"]) == 0
-    assert "hidden 64, 3 layers, 1 heads, 4 registers" in capsys.readouterr().out
-    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "eomt_vit"
-    model = AutoModelForUniversalSegmentation.from_pretrained(tmp_path / "ours").eval()
-    assert isinstance(model, EoMTForUniversalSegmentation) and model.config.id2label[10] == "sky"
-
-    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "transformers"), "--to", "transformers"]) == 0
-    reference = EomtForUniversalSegmentation.from_pretrained(tmp_path / "transformers").eval()
-    assert main(["convert", str(tmp_path / "transformers"), str(tmp_path / "back")]) == 0  # auto-detected
-    back = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "back").eval()
-    pixel_values = torch.randn(1, 3, 64, 64)
-    for other in (reference, back, source):
-        other.attn_mask_probs.zero_()
-    model.attn_mask_probs.zero_()
-    with torch.no_grad():
-        expected = source(pixel_values).masks_queries_logits
-        for other in (model, reference, back):
-            torch.testing.assert_close(other(pixel_values).masks_queries_logits, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_cli_original_directory_and_bad_source(tmp_path, capsys):
-    (tmp_path / "repo").mkdir()
-    save_checkpoint(original_state_dict(source_model("dinov3")), tmp_path / "repo", "bin")
-    assert main(["convert", str(tmp_path / "repo"), str(tmp_path / "out"), "--image-size", "512"]) == 0
-    assert EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out").config.image_size == 512
-    (tmp_path / "empty").mkdir()
-    capsys.readouterr()
-    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")]) == 1  # one line, no traceback
-    assert re.match(r"error: .*empty: neither a config\.json nor a pytorch_model\.bin", capsys.readouterr().err)
-    with pytest.raises(ValueError, match=r"empty: neither a config\.json nor a pytorch_model\.bin"):
-        main(["--debug", "convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")])
-
-
-def test_original_weights_next_to_a_transformers_config(tmp_path):
-    """A Hub-style directory with transformers' config.json but the authors' original `pytorch_model.bin`."""
-    from modeling_eomt.conversion import save_as_transformers_eomt
-
-    source = source_model("dinov2-registers")
-    save_as_transformers_eomt(source, tmp_path / "repo")
-    (tmp_path / "repo" / "model.safetensors").unlink()
-    save_checkpoint(original_state_dict(source), tmp_path / "repo", "bin")
-    with pytest.raises(ValueError, match=r"the authors' original ones \(`network\.` keys\).*eomt convert"):
-        EoMTForUniversalSegmentation.from_pretrained(tmp_path / "repo")
-    assert main(["convert", str(tmp_path / "repo"), str(tmp_path / "out"), "--from", "original"]) == 0
-    converted = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out")
-    assert all(torch.equal(value, converted.state_dict()[key]) for key, value in source.state_dict().items())

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from transformers.image_transforms import get_size_with_aspect_ratio
 from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil
 
-from benchmarks.postprocessing import synthetic_outputs
+from benchmarks.inputs import synthetic_outputs
 
 INPUT = 192  # model input side; mask logits are 48 x 48
 QUERIES, CLASSES = 60, 20

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.eomt.image_processing_pil_eomt import compute_segments
 
-from benchmarks.postprocessing import synthetic_outputs
+from benchmarks.inputs import synthetic_outputs
 from image_processing.post_processing import post_process_panoptic, post_process_semantic, upsample_and_crop
 from image_processing.post_processing.geometry import _linear_taps
 from tests.image_processing.post_processing.helpers import CLASSES, INPUT, QUERIES

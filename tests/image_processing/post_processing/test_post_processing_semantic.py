@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers.image_transforms import get_size_with_aspect_ratio
 from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil
 
-from benchmarks.postprocessing import synthetic_window_outputs
+from benchmarks.inputs import synthetic_window_outputs
 from image_processing.post_processing import post_process_semantic, semantic, semantic_probabilities, semantic_segmentation
 from tests.image_processing.post_processing.helpers import CLASSES, INPUT, QUERIES, outputs_for, realistic
 

@@ -1,4 +1,4 @@
-"""`eomt train` / `eomt evaluate` on generated data sets: outputs, resuming, and bad input reported as one line."""
+"""`eomt train` on generated data sets: outputs, resuming, and bad input reported as one line."""
 
 import json
 
@@ -9,38 +9,22 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback, pipeline
 
 from modeling_eomt import EoMTForUniversalSegmentation
+from tests.training.commands.helpers import FAST, TINY, assert_error, run_cli
 from tests.training.helpers import single_thread, tiny_segmentation_model  # noqa: F401 (fixture)
-from training.cli import main
 from training.data import CLASS_NAMES, write_synthetic_coco_panoptic
 from training.run import train
 from training.settings import TrainSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = ["--model", "S", "--model-config", "hidden_size=32", "--model-config", "num_hidden_layers=2",
-        "--model-config", "num_attention_heads=2", "--model-config", "num_register_tokens=0", "--num-queries", "6",
-        "--num-blocks", "2", "--image-size", "32"]  # fmt: skip
-FAST = ["--batch-size", "2", "--lr", "1e-3", "--head-warmup-steps", "1", "--backbone-warmup-steps", "1",
-        "--workers", "0", "--cpu", "--no-progress", "--logging-steps", "1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def panoptic_root(tmp_path_factory):
-    return write_synthetic_coco_panoptic(tmp_path_factory.mktemp("data"), num_train=6, num_val=3, size=32, seed=7)
-
-
-def run_cli(*argv) -> int:
-    return main([str(arg) for arg in argv])
-
 
 def weights(directory):
     return load_file(str(directory / "model.safetensors"))
 
 
-def test_train_writes_a_loadable_model_metrics_history_and_curves(panoptic_root, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_cli("train", "--data", panoptic_root, "--out", out, *TINY, *FAST, "--steps", 4, "--eval-steps", 2) == 0
-    assert "eval_pq:" in capsys.readouterr().out
+def test_train_writes_a_loadable_model_metrics_history_and_curves(trained_run, panoptic_root):
+    out, printed = trained_run
+    assert "eval_pq:" in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_pq", "eval_sq", "eval_rq", "eval_pq_things", "eval_pq_stuff", "eval_loss"} <= set(metrics)
@@ -61,11 +45,6 @@ def test_train_writes_a_loadable_model_metrics_history_and_curves(panoptic_root,
         segments = segmenter(image.convert("RGB"))
     assert segments and {segment["label"] for segment in segments} <= set(CLASS_NAMES)
     assert all(segment["mask"].size == (32, 32) for segment in segments)
-
-    assert run_cli("evaluate", out, "--data", panoptic_root, "--workers", 0, "--cpu", "--no-progress",
-                   "--output", tmp_path / "eval.json") == 0  # fmt: skip
-    evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluated["eval_pq"] == metrics["eval_pq"] and evaluated["per_class"] == metrics["per_class"]
 
 
 class StopAt(TrainerCallback):
@@ -107,15 +86,6 @@ def test_resume_continues_exactly_and_evaluation_does_not_disturb_training(panop
 # ---- bad input: one line on stderr, exit status 1, no traceback ----
 
 
-def assert_error(capsys, *argv, expected: str) -> str:
-    capsys.readouterr()  # what came before
-    assert run_cli(*argv) == 1
-    captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and expected in captured.err, captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return captured.err
-
-
 def test_data_problems_are_reported_before_training(panoptic_root, tmp_path, capsys):
     broken = tmp_path / "broken"
     write_synthetic_coco_panoptic(broken, num_train=3, num_val=1, size=32, seed=1)
@@ -146,7 +116,6 @@ def test_class_mismatch_with_a_checkpoint_needs_reinitialized_heads(panoptic_roo
     tiny_segmentation_model(num_labels=4, image_size=32).save_pretrained(checkpoint)  # 4 classes, the data set has 8
     assert_error(capsys, "train", "--data", panoptic_root, "--out", tmp_path / "a", "--checkpoint", checkpoint, *FAST,
                  "--steps", 2, expected="predicts 4 classes but")  # fmt: skip
-    assert_error(capsys, "evaluate", checkpoint, "--data", panoptic_root, "--cpu", expected="predicts 4 classes but")
 
     assert run_cli("train", "--data", panoptic_root, "--out", tmp_path / "b", "--checkpoint", checkpoint,
                    "--reinitialize-heads", *FAST, "--steps", 2, "--no-eval") == 0  # fmt: skip

@@ -1,10 +1,9 @@
-"""`eomt demo` and `eomt demo --ablation` with the `--quick` recipe: every output exists and is well-formed.
+"""`training.demo` with the `--quick` recipe: every output of a demo run exists and is well-formed, and the ablation
+variants use masked attention as named.
 
 The demo's quality claim (mask-free PQ >= 60 with the default recipe) takes minutes and is measured, not tested here.
 """
 
-import contextlib
-import io
 import json
 import re
 
@@ -16,9 +15,8 @@ from transformers import pipeline
 
 from modeling_eomt import EoMTForUniversalSegmentation
 from training.annealing import MaskAnnealingCallback
-from training.cli import main
 from training.data import CLASS_NAMES
-from training.demo import DemoRecipe
+from training.demo import DemoRecipe, run_demo
 from training.demo.recipe import ANNEALED, MASK_FREE, MASKED, demo_trainer
 from training.demo.run import THREADS, torch_threads
 
@@ -26,24 +24,11 @@ PQ_KEYS = {"pq", "pq_things", "pq_stuff", "sq", "rq"}
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The output folder of one quick demo run and what it printed."""
+def demo_dir(tmp_path_factory):
+    """The output folder of one quick demo run."""
     out = tmp_path_factory.mktemp("demo")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["demo", "--quick", "--out", str(out)]) == 0
-    return out, printed.getvalue()
-
-
-@pytest.fixture
-def demo_dir(demo_run):
-    return demo_run[0]
-
-
-def test_demo_prints_pq_of_both_inference_modes(demo_run):
-    printed = demo_run[1]
-    assert re.search(r"PQ \d+\.\d \(mask-free inference, \d+\.\d\d ms / image\)", printed)
-    assert re.search(r"PQ \d+\.\d \(masked inference, \d+\.\d\d ms / image\)", printed)
+    run_demo(out, DemoRecipe.quick(), seed=0)
+    return out
 
 
 def test_demo_writes_pngs(demo_dir):
@@ -114,27 +99,6 @@ def test_ablation_variants_use_masked_attention_as_named(demo_dir, tmp_path, var
     assert (logged[0], logged[-1]) == (1.0, 0.0) if annealing else logged == []
 
 
-def test_ablation_table(tmp_path, capsys):
-    assert main(["demo", "--ablation", "--quick", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert list(summary["variants"]) == ["masked", "annealed", "mask_free"]
-    for result in summary["variants"].values():
-        assert PQ_KEYS <= set(result["pq"]) and result["forward_ms_per_image"] > 0
-    assert "pq_mask_free_inference" in summary["variants"]["masked"]
-
-    table = (tmp_path / "ablation.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| (")]
-    assert [row.split(" | ")[0] for row in rows] == [
-        "| (a) masked attention, kept at inference",
-        "| (b) mask annealing, mask-free inference",
-        "| (c) no masked attention",
-    ]
-    assert all(len(row.split(" | ")) == 7 for row in rows)  # variant, PQ, things, stuff, SQ, RQ, latency
-    assert rows[0] in capsys.readouterr().out
-
-
-def test_bad_settings_are_one_line_errors(tmp_path, capsys):
-    assert main(["demo", "--quick", "--image-size", "40", "--out", str(tmp_path)]) == 1
-    assert "image_size must be a multiple of the patch size 16, got 40" in capsys.readouterr().err
+def test_bad_recipe_settings_are_named():
     with pytest.raises(ValueError, match="steps, num_train and num_val must be positive"):
         DemoRecipe(steps=0)

@@ -1,17 +1,6 @@
-"""The post-processing benchmark runs end to end on tiny settings and compares like with like."""
+"""The benchmarks' synthetic inputs look like what they stand for."""
 
-from benchmarks.postprocessing import markdown_table, run_postprocessing_benchmark, synthetic_outputs, window_offsets
-
-
-def test_benchmark_runs_and_both_sides_agree():
-    report = run_postprocessing_benchmark(
-        batch_sizes=(1,), num_queries=20, input_size=64, panoptic_classes=6, semantic_classes=6,
-        warmup=0, repeats=1, threads=1, progress=False,
-    )
-    rows = report["results"]
-    assert [row["task"] for row in rows] == ["panoptic", "instance", "semantic"]
-    assert all(row["same_output"] and row["ours_ms"] > 0 and row["transformers_ms"] > 0 for row in rows)
-    assert "| semantic | 1 | 1 |" in markdown_table(report)
+from benchmarks.inputs import random_photos, synthetic_outputs, window_offsets
 
 
 def test_synthetic_outputs_look_trained():
@@ -27,3 +16,9 @@ def test_window_offsets_are_transformers_split():
     assert window_offsets((640, 853), 640, 1) == [(1, 0, 640), (1, 213, 853)]
     assert window_offsets((640, 640), 640, 0) == [(0, 0, 640)]
     assert window_offsets((2000, 640), 640, 0)[-1] == (0, 1360, 2000)
+
+
+def test_random_photos_are_rgb_of_the_size_and_seeded():
+    first, second = random_photos(2, 24, 32, seed=3)
+    assert first.mode == "RGB" and first.size == (32, 24) and first.tobytes() != second.tobytes()
+    assert random_photos(1, 24, 32, seed=3)[0].tobytes() == first.tobytes()

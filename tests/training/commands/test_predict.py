@@ -1,5 +1,6 @@
 """`eomt predict`: result files checked for format and against the processor + model called directly, inputs of
-every kind (directories, globs, batches, checkpoint formats), and bad input (exit status, one-line errors)."""
+every kind (directories, globs, batches, checkpoint formats), and bad input (exit status, one-line errors).
+`training.inference`'s functions are tested on their own in `tests/training/test_inference.py`."""
 
 import contextlib
 import io
@@ -20,24 +21,18 @@ from image_processing import EoMTImageProcessor, rgb_to_id
 from modeling_eomt import EoMTForUniversalSegmentation
 from modeling_eomt.conversion import save_as_transformers_eomt
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
-from tests.modeling.helpers import perturb_, tiny_config
+from tests.modeling.helpers import perturb_
 from tests.modeling.test_original_conversion import original_state_dict, source_model
 from tests.training.helpers import single_thread  # noqa: F401 (fixture)
-from training.cli import main
-from training.predict import find_images, output_names, prepare_model, segment_areas_and_boxes
+from tests.training.test_inference import tiny_model
+from training.commands import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # Low thresholds: the tiny random model's class probabilities are far below the defaults' 0.8.
 PANOPTIC_OPTIONS = ["--threshold", "0.3", "--overlap-threshold", "0.3"]
 INSTANCE_OPTIONS = ["--threshold", "0.2"]
-
-
-def tiny_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
-    model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, num_queries=8, **overrides)), scale=0.5).eval()
-    model.attn_mask_probs.zero_()  # mask-free inference, as after annealing
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -230,22 +225,6 @@ def test_semantic_png_is_16_bit_beyond_256_classes(tmp_path):
     assert values.max() < 300 and values.max() > 255  # class ids above the uint8 range survive
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_prepare_model_runs_half_precision_under_autocast(dtype):
-    torch.manual_seed(0)
-    model = tiny_model("dinov3")
-    pixel_values = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        reference = model(pixel_values).masks_queries_logits
-    half = prepare_model(model, torch.device("cpu"), dtype)(pixel_values).masks_queries_logits
-    assert half.dtype == dtype
-    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # weights stay float32
-    tolerance = 0.05 if dtype == torch.bfloat16 else 0.01  # 8 vs 11 mantissa bits
-    assert (half.float() - reference).abs().mean() < tolerance * reference.abs().mean()
-    full = prepare_model(model, torch.device("cpu"), torch.float32)(pixel_values).masks_queries_logits
-    assert torch.equal(full, reference)
-
-
 def test_bfloat16_run_agrees_with_float32(workspace, tmp_path):
     image = workspace / "images" / "wide.png"
     for dtype in ("float32", "bfloat16"):
@@ -259,30 +238,7 @@ def test_bfloat16_run_agrees_with_float32(workspace, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_find_images_in_directories_and_globs(tmp_path, monkeypatch):
-    for name in ("b.png", "a.JPG", "c.txt", "sub/d.png", "sub/deeper/e.webp", "empty/.keep"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    monkeypatch.chdir(tmp_path)
-    assert find_images(["."]) == ([Path("a.JPG"), Path("b.png")], [])  # sorted, images only, not recursive
-    paths, problems = find_images(["."], recursive=True)
-    assert paths == [Path(p) for p in ("a.JPG", "b.png", "sub/d.png", "sub/deeper/e.webp")] and not problems
-    expected = [Path(p) for p in ("b.png", "sub/d.png", "sub/deeper/e.webp")]
-    assert find_images(["*.png", "sub/*"]) == (expected, [])  # a matched directory gives its images
-    assert find_images(["**/*.png"], recursive=True)[0] == [Path("b.png"), Path("sub/d.png")]
-    assert find_images(["b.png", "a.JPG", "./b.png", "*.png"]) == ([Path("b.png"), Path("a.JPG")], [])  # first kept
-    assert find_images(["c.txt"]) == ([Path("c.txt")], [])  # a file named explicitly is read (and may fail) later
-    paths, problems = find_images(["empty", "missing.png", "*.gif", "b.png"])
-    assert paths == [Path("b.png")]
-    assert problems == [
-        "empty: no image files in this directory (see --recursive)",
-        "missing.png: no such file or directory",
-        "*.gif: no image file matches this pattern",
-    ]
-
-
-def test_output_names_are_unique_and_numeric_names_become_integer_image_ids(workspace, tmp_path):
-    assert output_names([Path("x/1.png"), Path("y/1.png"), Path("z/1-2.png"), Path("2.jpg")]) == ["1", "1-2", "1-2-2", "2"]
+def test_numeric_names_become_integer_image_ids(workspace, tmp_path):
     images = tmp_path / "coco"
     images.mkdir()
     for name in ("000000000139.png", "000000000285.png"):
@@ -290,15 +246,6 @@ def test_output_names_are_unique_and_numeric_names_become_integer_image_ids(work
     assert run(workspace / "model", images, "--task", "instance", "--out", tmp_path / "out", *INSTANCE_OPTIONS) == 0
     detections = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert detections and {detection["image_id"] for detection in detections} <= {139, 285}
-
-
-def test_segment_areas_and_boxes():
-    id_map = np.zeros((5, 7), dtype=np.int64)
-    id_map[1:3, 2:6] = 1
-    id_map[4, 0] = 3
-    areas, boxes = segment_areas_and_boxes(id_map, 4)
-    assert areas.tolist() == [26, 8, 0, 1]
-    assert boxes.tolist() == [[0, 0, 7, 5], [2, 1, 4, 2], [0, 0, 0, 0], [0, 4, 1, 1]]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -361,7 +308,7 @@ def test_bad_device_and_options(workspace, tmp_path, capsys):
 
 def test_exit_status_of_the_command(workspace, tmp_path):
     """The real command line: a missing image among good ones exits 1 after processing them; stderr has no traceback."""
-    command = [sys.executable, "-m", "training.cli", "predict", str(workspace / "model"), str(workspace / "images"),
+    command = [sys.executable, "-m", "training.commands", "predict", str(workspace / "model"), str(workspace / "images"),
                str(tmp_path / "missing.png"), "--out", str(tmp_path / "out"), "--task", "semantic"]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread is fastest on a shared machine
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)

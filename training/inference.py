@@ -1,4 +1,4 @@
-"""`eomt predict`: segment image files with an EoMT checkpoint; write overlays and COCO-format results.
+"""Segment image files with an EoMT checkpoint and write overlays and COCO-format results (`eomt predict`).
 
 Every image gets a name, its file stem (made unique with `-2`, `-3`, ... in input order), and these files in the
 output directory:
@@ -19,7 +19,7 @@ presets): there it is the COCO category id, so that panopticapi and pycocotools 
 `image_id` is the name as an int when every name is a number (COCO's file names), else the name. Boxes are COCO's
 `[x, y, width, height]`.
 
-Images that cannot be found or read are reported (one line each on stderr) and skipped; the others are processed.
+Images that cannot be read are skipped (and reported as it happens); the others are processed.
 """
 
 from __future__ import annotations
@@ -42,32 +42,21 @@ from tqdm.auto import tqdm
 from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map, to_rgb_array
 from modeling_eomt import EoMTForUniversalSegmentation
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
-from training.cli import conversion_overrides
 from training.metrics.mask_ap import encode_masks
 
 TASKS = ("panoptic", "instance", "semantic")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGE_EXTENSIONS = frozenset(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN)
 PREDICTIONS_FILE = "predictions.json"
-_ERROR_PREFIX = "eomt predict: error: "
 
 
-class InputError(Exception):
-    """A problem with what the user asked for (model, device, options): reported in one line, no traceback."""
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (its type name if it has none)."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-def report(message: str) -> None:
-    """One error line on stderr, between progress-bar updates."""
-    tqdm.write(_ERROR_PREFIX + message, file=sys.stderr)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Inputs: image files, the model and its processor, the device
+# Inputs: image files, the processor, the model's forward
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -111,29 +100,6 @@ def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[Pa
     return unique, problems
 
 
-def _looks_like_local_path(source: str) -> bool:
-    """Whether a missing `source` is meant as a local path rather than a Hub id (`owner/name`)."""
-    return (
-        source.startswith(("/", ".", "~"))
-        or source.count("/") > 1
-        or Path(source).suffix in (".bin", ".ckpt", ".pt", ".pth", ".safetensors")
-    )
-
-
-def load_model(source: str, delta_base: str | None = None, dataset: str | None = None, **overrides: Any):
-    """An `EoMTForUniversalSegmentation` (eval mode) from a checkpoint in any format (`conversion.load_checkpoint`);
-    any failure is an `InputError` naming `source`."""
-    from modeling_eomt.conversion import load_checkpoint
-
-    if not Path(source).exists() and _looks_like_local_path(source):
-        raise InputError(f"{source}: no such model file or directory")
-    try:
-        return load_checkpoint(source, delta_base=delta_base, dataset=dataset, **overrides)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        message = _first_line(error)
-        raise InputError(message if source in message else f"{source}: {message}") from None
-
-
 def load_processor(source: str, config: Any, task: str) -> EoMTImageProcessor:
     """The model's `preprocessor_config.json` (local directory or Hub id) if it has one, else the defaults for `task`:
     the longer side resized to `config.image_size` and padded (panoptic, instance), or the shorter side resized to
@@ -153,39 +119,20 @@ def load_processor(source: str, config: Any, task: str) -> EoMTImageProcessor:
     return processor
 
 
-def resolve_device(name: str) -> torch.device:
-    """`torch.device(name)`, checked to exist on this machine (an `InputError` otherwise)."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: not a device (expected cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InputError(f"--device {name}: CUDA is not available (torch {torch.__version__}, no usable GPU)")
-        if device.index is not None and device.index >= count:
-            raise InputError(f"--device {name}: only {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"--device {name}: Apple MPS is not available on this machine")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"--device {name}: unsupported device type {device.type!r} (expected cpu, cuda or mps)")
-    return device
-
-
-def prepare_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Callable[..., Any]:
+def prepare_model(
+    model: EoMTForUniversalSegmentation, device: torch.device, dtype: torch.dtype
+) -> Callable[..., Any]:
     """Move `model` to `device` and return its forward for `dtype`: `(pixel_values, patch_offsets=None) -> outputs`,
     in inference mode, taking float32 `pixel_values` on any device.
 
-    bfloat16 and float16 run under autocast, as the authors run inference: matrix products and convolutions in
-    half precision, normalisation and softmax in float32, the weights kept in float32. On CPU, bfloat16 autocast
-    is as fast as casting the weights (measured: `benchmarks/predict.py`) and closer to float32; float16 has no
-    fast CPU kernels."""
-    model.to(device).eval()
-    half = dtype in (torch.bfloat16, torch.float16)
-    context = torch.autocast(device.type, dtype=dtype) if half else contextlib.nullcontext()
+    bfloat16 and float16 run as `model.enable_fast_inference(dtype)` sets up: under autocast, as the authors run
+    inference (matrix products and convolutions in half precision, normalisation and softmax in float32, the weights
+    and the returned logits in float32); float32 switches it off. On CPU, bfloat16 autocast is as fast as casting
+    the weights (`eomt benchmark --sections predict`) and closer to float32; float16 has no fast CPU kernels."""
+    model.to(device).enable_fast_inference(None if dtype == torch.float32 else dtype)
 
     def forward(pixel_values: torch.Tensor, patch_offsets: list[torch.Tensor] | None = None) -> Any:
-        with torch.inference_mode(), context:
+        with torch.inference_mode():
             return model(pixel_values.to(device), patch_offsets=patch_offsets)
 
     return forward
@@ -335,7 +282,7 @@ def _read_batch(paths: Sequence[Path], processor: EoMTImageProcessor) -> tuple[l
             images.append(to_rgb_array(str(path), source=str(path)))
             indices.append(index)
         except (ValueError, TypeError) as error:
-            problems.append(_first_line(error))
+            problems.append(first_line(error))
     inputs = processor(images, return_tensors="pt") if images else None
     return indices, images, inputs, problems
 
@@ -377,13 +324,14 @@ def predict_files(
     overlap_mask_area_threshold: float = 0.8,
     stuff_classes: Sequence[int] | None = None,
     progress: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[Path, list[str]]:
     """Segment the images at `paths` and write their files (see the module docstring) to `out_dir`.
 
     `threshold` applies to panoptic and instance segmentation; `mask_threshold`, `overlap_mask_area_threshold` and
     `stuff_classes` (classes fused into one segment per image; None: `default_stuff_classes`) to panoptic
-    segmentation. Returns the path of `predictions.json` and one message per image that could not be read
-    (reported on stderr as it happens)."""
+    segmentation. Returns the path of `predictions.json` and one message per image that could not be read (also
+    passed to `report` as it happens)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if batch_size < 1:
@@ -406,7 +354,8 @@ def predict_files(
     with bar:
         for start, (indices, images, inputs, batch_problems) in _batches(paths, processor, batch_size):
             for problem in batch_problems:
-                report(problem)
+                if report is not None:
+                    report(problem)
             problems += batch_problems
             if inputs is not None:
                 outputs = forward(inputs["pixel_values"], inputs.get("patch_offsets"))
@@ -416,58 +365,3 @@ def predict_files(
                     writer.add(names[start + index], image_ids[start + index], image, result)
             bar.update(min(batch_size, len(paths) - start))
     return writer.finish(), problems
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The command
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def parse_stuff_classes(text: str, num_labels: int) -> list[int]:
-    """`--stuff-classes`: comma-separated class indices in `[0, num_labels)`, or `none` (every class is a thing)."""
-    if text.strip().lower() == "none":
-        return []
-    try:
-        classes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--stuff-classes {text!r}: expected comma-separated class indices or 'none'") from None
-    outside = [label for label in classes if not 0 <= label < num_labels]
-    if outside:
-        raise InputError(f"--stuff-classes: {outside} are not class indices of this model (0 to {num_labels - 1})")
-    return classes
-
-
-def run_predict(args: Any) -> int:
-    """`eomt predict`: exit status 0 when every image was processed, 1 when some input could not be read (the
-    others are processed), 2 when the model, the device or an option is unusable (nothing is processed)."""
-    try:
-        if args.batch_size < 1:
-            raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise InputError(f"--out {args.out}: exists and is not a directory")
-        device = resolve_device(args.device)
-        paths, problems = find_images(args.images, recursive=args.recursive)
-        for problem in problems:
-            report(problem)
-        if not paths:
-            report("no images to process")
-            return 1
-        model = load_model(args.model, args.delta_base, args.dataset, **conversion_overrides(args))
-        processor = load_processor(args.model, model.config, args.task)
-        stuff_classes = None
-        if args.stuff_classes is not None:
-            stuff_classes = parse_stuff_classes(args.stuff_classes, model.config.num_labels)
-    except InputError as error:
-        report(str(error))
-        return 2
-    predictions, failed = predict_files(
-        model, processor, paths, args.out, args.task, batch_size=args.batch_size, device=device,
-        dtype=DTYPES[args.dtype], threshold=args.threshold, mask_threshold=args.mask_threshold,
-        overlap_mask_area_threshold=args.overlap_threshold, stuff_classes=stuff_classes,
-    )  # fmt: skip
-    problems += failed
-    print(f"segmented {len(paths) - len(failed)} of {len(paths)} image(s): wrote {predictions} and "
-          f"{Path(args.out) / 'overlays'}/")
-    if problems:
-        print(f"eomt predict: {len(problems)} input(s) could not be used (see the errors above)", file=sys.stderr)
-    return 1 if problems else 0

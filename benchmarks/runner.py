@@ -1,0 +1,59 @@
+"""Run the benchmark: check the options, run the selected sections, print the Markdown table and write the JSON.
+
+`eomt benchmark` (`training.commands.benchmark`) is the command line; `eomt benchmark --help` lists the sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.context import BenchmarkContext
+from benchmarks.registry import Result, Section, select_sections
+from benchmarks.report import machine_description, markdown_table, write_json_report
+
+POSITIVE_OPTIONS = (
+    "repeats", "threads", "image_size", "queries", "train_image_size", "train_batch_size", "train_queries",
+)  # fmt: skip
+
+
+def check_arguments(args: argparse.Namespace) -> list[Section]:
+    """The sections to run; a `ValueError` naming the option when the options do not fit together."""
+    device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise ValueError("--clock cpu measures CPU time; use the wall clock with --device cuda")
+    for name in POSITIVE_OPTIONS:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("image_size", "train_image_size"):
+        if getattr(args, name) % 16:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be a multiple of the patch size 16, got {getattr(args, name)}"
+            )
+    return select_sections(args.sections, device)
+
+
+def run_benchmark(args: argparse.Namespace, config_overrides: dict[str, Any] | None = None) -> list[Result]:
+    """Run the selected sections, print the Markdown table and write the JSON report when `args.out` is set.
+    `config_overrides` change the model configuration of every section (tests use tiny models)."""
+    sections = check_arguments(args)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    context = BenchmarkContext(args, device, config_overrides or {})
+    results: list[Result] = []
+    started = time.perf_counter()
+    for section in sections:
+        print(f"== {section.key}: {section.title}", file=sys.stderr, flush=True)
+        results.extend(section.run(context))
+    machine = machine_description(args, device)
+    clock = "process CPU time / threads" if args.clock == "cpu" else "wall clock"
+    print(f"\n{machine['cpu']}, {args.threads} threads, torch {machine['torch']}, {clock}, {machine['date']}\n")
+    print(markdown_table(results))
+    if args.out is not None:
+        write_json_report(args.out, args, machine, time.perf_counter() - started, results)
+        print(f"\nwrote {args.out}")
+    return results

@@ -1,0 +1,70 @@
+"""`training.inference`: finding images, output names, segment areas and boxes, and the model's forward per dtype
+(the files it writes are checked through `eomt predict` in `tests/training/commands/test_predict.py`)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_eomt import EoMTForUniversalSegmentation
+from tests.modeling.helpers import perturb_, tiny_config
+from training.inference import find_images, output_names, prepare_model, segment_areas_and_boxes
+
+
+def tiny_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, num_queries=8, **overrides)), scale=0.5).eval()
+    model.attn_mask_probs.zero_()  # mask-free inference, as after annealing
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prepare_model_runs_half_precision_with_enable_fast_inference(dtype):
+    torch.manual_seed(0)
+    model = tiny_model("dinov3")
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(pixel_values).masks_queries_logits
+    half = prepare_model(model, torch.device("cpu"), dtype)(pixel_values).masks_queries_logits
+    assert half.dtype == torch.float32 and not torch.equal(half, reference)  # computed in `dtype`, returned in float32
+    assert model.inference_dtype == dtype  # model.enable_fast_inference(dtype)
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # weights stay float32
+    tolerance = 0.05 if dtype == torch.bfloat16 else 0.01  # 8 vs 11 mantissa bits
+    assert (half.float() - reference).abs().mean() < tolerance * reference.abs().mean()
+    full = prepare_model(model, torch.device("cpu"), torch.float32)(pixel_values).masks_queries_logits
+    assert torch.equal(full, reference)
+
+
+def test_find_images_in_directories_and_globs(tmp_path, monkeypatch):
+    for name in ("b.png", "a.JPG", "c.txt", "sub/d.png", "sub/deeper/e.webp", "empty/.keep"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert find_images(["."]) == ([Path("a.JPG"), Path("b.png")], [])  # sorted, images only, not recursive
+    paths, problems = find_images(["."], recursive=True)
+    assert paths == [Path(p) for p in ("a.JPG", "b.png", "sub/d.png", "sub/deeper/e.webp")] and not problems
+    expected = [Path(p) for p in ("b.png", "sub/d.png", "sub/deeper/e.webp")]
+    assert find_images(["*.png", "sub/*"]) == (expected, [])  # a matched directory gives its images
+    assert find_images(["**/*.png"], recursive=True)[0] == [Path("b.png"), Path("sub/d.png")]
+    assert find_images(["b.png", "a.JPG", "./b.png", "*.png"]) == ([Path("b.png"), Path("a.JPG")], [])  # first kept
+    assert find_images(["c.txt"]) == ([Path("c.txt")], [])  # a file named explicitly is read (and may fail) later
+    paths, problems = find_images(["empty", "missing.png", "*.gif", "b.png"])
+    assert paths == [Path("b.png")]
+    assert problems == [
+        "empty: no image files in this directory (see --recursive)",
+        "missing.png: no such file or directory",
+        "*.gif: no image file matches this pattern",
+    ]
+
+
+def test_output_names_are_unique():
+    assert output_names([Path("x/1.png"), Path("y/1.png"), Path("z/1-2.png"), Path("2.jpg")]) == ["1", "1-2", "1-2-2", "2"]
+
+
+def test_segment_areas_and_boxes():
+    id_map = np.zeros((5, 7), dtype=np.int64)
+    id_map[1:3, 2:6] = 1
+    id_map[4, 0] = 3
+    areas, boxes = segment_areas_and_boxes(id_map, 4)
+    assert areas.tolist() == [26, 8, 0, 1]
+    assert boxes.tolist() == [[0, 0, 7, 5], [2, 1, 4, 2], [0, 0, 0, 0], [0, 4, 1, 1]]

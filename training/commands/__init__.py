@@ -1,0 +1,46 @@
+"""The `eomt` command: one module per sub-command (`eomt --help` lists them), their shared helpers in `arguments`.
+
+Each command module has `add_parser(commands)`, which adds its sub-parser, and `run(args) -> exit status`. Building the
+parser imports no torch; a command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from training.commands import benchmark, convert, demo, evaluate, predict, quickstart, train
+from training.commands.arguments import INPUT_ERROR_STATUS, InputError, report_error, user_message
+
+COMMANDS = (quickstart, demo, convert, train, evaluate, predict, benchmark)  # in the order `eomt --help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    description = "EoMT: train, evaluate, run and convert segmentation models."
+    parser = argparse.ArgumentParser(prog="eomt", description=description)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command. A bad option or input the command checked (`InputError`) prints `eomt COMMAND: error: ...`
+    and returns 2; other errors about the input (bad data, files, settings) print `error: ...` and return 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as error:
+        if args.debug:
+            raise
+        report_error(args.command, str(error))
+        return INPUT_ERROR_STATUS
+    except Exception as error:
+        from training.data.base import SampleError
+
+        if args.debug or not isinstance(error, (ValueError, OSError, SampleError)):
+            raise
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,117 @@
+"""What the commands share: argument groups and parsers, device resolution, metrics printing and the error lines.
+
+Light to import (no torch at import time), so that `eomt --help` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+INPUT_ERROR_STATUS = 2
+"""Exit status of a command stopped by an `InputError` (a bad input or option; nothing was done)."""
+
+
+class InputError(Exception):
+    """A problem with what the user asked for (model, device, options): reported in one line, exit status 2."""
+
+
+def report_error(command: str, message: str) -> None:
+    """`eomt COMMAND: error: MESSAGE` on stderr, between progress-bar updates."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"eomt {command}: error: {message}", file=sys.stderr)
+
+
+def user_message(error: BaseException) -> str:
+    """The message of `error`; for an error re-raised from a DataLoader worker, the original one (its last line)."""
+    message = str(error)
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Argument groups and value parsers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--data`, `--format` and `--task` of `eomt train` / `eomt evaluate`."""
+    parser.add_argument("--data", required=True, help="data set folder (COCO panoptic/instance, ADE20K, Cityscapes or "
+                        "a datasets save_to_disk folder)")  # fmt: skip
+    parser.add_argument("--format", help="layout of --data: coco_panoptic, coco_instance, ade20k, cityscapes or hf_disk "
+                        "(detected by default)")  # fmt: skip
+    parser.add_argument("--task", choices=("panoptic", "instance", "semantic"), help="task (from the layout by default)")
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:
+    """The options of `modeling_eomt.conversion.load_checkpoint`: head count and input size of the authors' original
+    checkpoints (help prefixed with `original_only`), class names, the base of DINOv3 delta weights."""
+    parser.add_argument("--num-heads", type=int,
+                        help=f"{original_only}attention heads (default: width / 64, as in DINOv2/DINOv3)")  # fmt: skip
+    parser.add_argument("--image-size", type=int,
+                        help=f"{original_only}input size (default: the stored grid; 640 for DINOv3)")  # fmt: skip
+    parser.add_argument("--dataset", choices=("coco_panoptic", "coco_instance", "ade20k", "cityscapes"), help="class names")
+    parser.add_argument("--delta-base", help="the DINOv3 checkpoint the authors' DINOv3 (delta) weights add to")
+
+
+def conversion_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `EoMTConfig` overrides given with `--num-heads` and `--image-size` (see `add_conversion_arguments`)."""
+    overrides = {"num_attention_heads": args.num_heads, "image_size": args.image_size}
+    return {name: value for name, value in overrides.items() if value is not None}
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` with VALUE read as JSON when it parses (numbers, booleans, lists), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def resolve_device(name: str) -> torch.device:
+    """`torch.device(name)` for `--device NAME`, checked to exist on this machine (an `InputError` otherwise)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device (expected cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {name}: CUDA is not available (torch {torch.__version__}, no usable GPU)")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: only {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {name}: Apple MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {name}: unsupported device type {device.type!r} (expected cpu, cuda or mps)")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / `torchrun` (every process runs the command; one prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """One `name: value` line per number of `metrics` (per-class tables are in the metrics files)."""
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{name}: {value:.4g}")

@@ -1,0 +1,83 @@
+"""`eomt train`: train EoMT on a data set folder with the authors' recipe (`training.run.train`, `TrainSettings`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from training.commands.arguments import add_data_arguments, is_main_process, key_value, print_metrics
+from training.settings import TrainSettings
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    defaults = {item.name: item.default for item in dataclasses.fields(TrainSettings)}
+    train = commands.add_parser("train", help="train EoMT on a data set folder", description="Train EoMT with the "
+                                "authors' recipe (every setting can be overridden); the data is validated first.")  # fmt: skip
+
+    def option(*flags: str, dest: str, help: str, **kwargs: Any) -> None:
+        default = defaults[dest]
+        train.add_argument(*flags, dest=dest, default=default, help=f"{help} (default: {default})", **kwargs)
+
+    add_data_arguments(train)
+    train.add_argument("--out", dest="output_dir", required=True, help="output folder (checkpoints, final model, metrics)")
+    option("--train-split", dest="train_split", help="training split")
+    option("--eval-split", dest="eval_split", help="evaluation split")
+    train.add_argument("--no-eval", dest="eval_split", action="store_const", const=None, help="do not evaluate")
+
+    model = train.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", dest="size", choices=("S", "B", "L", "g"), help="size preset (DINOv2 shapes, random weights)")
+    model.add_argument("--backbone", help="DINOv2/DINOv3 checkpoint folder or Hub id: pre-trained ViT, new heads")
+    model.add_argument("--checkpoint", help="EoMT checkpoint folder or Hub id to fine-tune")
+    train.add_argument("--reinitialize-heads", action="store_true", help="new heads for a --checkpoint (other classes)")
+    train.add_argument("--model-config", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="EoMTConfig field of a new model, e.g. hidden_size=64 (repeatable)")  # fmt: skip
+    option("--image-size", dest="image_size", type=int, help="input side (default: checkpoint's, 640, 512 semantic)")
+    option("--num-queries", dest="num_queries", type=int, help="queries of a new model (200, 100 for semantic)")
+    option("--num-blocks", dest="num_blocks", type=int, help="masked-attention blocks of a new model (4)")
+
+    option("--lr", dest="learning_rate", type=float, help="peak learning rate")
+    option("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay")
+    option("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay")
+    option("--max-grad-norm", dest="max_grad_norm", type=float, help="gradient clipping norm")
+    option("--batch-size", dest="batch_size", type=int, help="training batch size per process")
+    option("--eval-batch-size", dest="eval_batch_size", type=int, help="evaluation batch size per process (= batch size)")
+    option("--steps", dest="max_steps", type=int, help="optimizer steps (overrides --epochs)")
+    option("--epochs", dest="epochs", type=float, help="training epochs")
+    option("--head-warmup-steps", dest="head_warmup_steps", type=int, help="warm-up of the new parameters")
+    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=int, help="warm-up of the backbone after it")
+    option("--poly-power", dest="poly_power", type=float, help="power of the polynomial lr decay")
+    option("--annealing-power", dest="annealing_power", type=float, help="power of the mask-annealing decay")
+    option("--annealing-start-steps", dest="annealing_start_steps", type=int, nargs="+", help="per-block start steps "
+           "(default: the paper's schedule over the run)")  # fmt: skip
+    option("--annealing-end-steps", dest="annealing_end_steps", type=int, nargs="+", help="per-block end steps")
+    option("--grad-accum", dest="gradient_accumulation_steps", type=int, help="gradient accumulation steps")
+    train.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    option("--workers", dest="workers", type=int, help="data loading worker processes")
+    option("--seed", dest="seed", type=int, help="random seed (weights, augmentation, data order)")
+    option("--eval-steps", dest="eval_steps", type=int, help="evaluate every N steps (default: at the end only)")
+    option("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps")
+    option("--save-total-limit", dest="save_total_limit", type=int, help="checkpoints kept")
+    option("--logging-steps", dest="logging_steps", type=int, help="log every N steps")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--eval-masked-attention", action="store_true", help="evaluate with masked attention")
+    option("--eval-threshold", dest="eval_threshold", type=float, help="class-score threshold of panoptic/instance "
+           "evaluation (default: the authors' 0.8 / 0)")  # fmt: skip
+    option("--report-to", dest="report_to", help="Trainer integrations (tensorboard, wandb, ...)")
+    train.add_argument("--cpu", dest="use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    train.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.run import train
+
+    names = {item.name for item in dataclasses.fields(TrainSettings)}
+    values = {name: value for name, value in vars(args).items() if name in names}
+    settings = TrainSettings(**{**values, "model_config": dict(args.model_config)})
+    metrics = train(settings)
+    if is_main_process():
+        print_metrics(metrics)
+        print(f"wrote {settings.output_dir}/ (model, processor, metrics.json, log_history.json, curves)")
+    return 0
