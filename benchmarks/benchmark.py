@@ -131,7 +131,7 @@ class ModelPair:
         return self.ours.config
 
     def set_mask_probability(self, probability: float) -> None:
-        self.ours.attn_mask_probs.fill_(probability)
+        self.ours.set_attn_mask_probs(probability)
         self.reference.attn_mask_probs.fill_(probability)
 
 

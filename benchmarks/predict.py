@@ -47,7 +47,7 @@ def run_predict_benchmark(num_images: int, repeats: int, task: str, size: str) -
     config = EoMTConfig.from_size(size, image_size=640, num_queries=200, num_register_tokens=4,
                                   id2label=dataset_id2label("coco_panoptic"))  # fmt: skip
     model = EoMTForUniversalSegmentation(config).eval()
-    model.attn_mask_probs.zero_()
+    model.set_attn_mask_probs(0.0)
     cast_model = copy.deepcopy(model).to(torch.bfloat16)
     forwards = {
         "float32": prepare_model(model, torch.device("cpu"), torch.float32),

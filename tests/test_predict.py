@@ -36,7 +36,7 @@ INSTANCE_OPTIONS = ["--threshold", "0.2"]
 
 def tiny_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
     model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, num_queries=8, **overrides)), scale=0.5).eval()
-    model.attn_mask_probs.zero_()  # mask-free inference, as after annealing
+    model.set_attn_mask_probs(0.0)  # mask-free inference, as after annealing
     return model
 
 
@@ -185,7 +185,7 @@ def test_transformers_format_and_processor_config_of_the_model_directory(workspa
 def test_original_checkpoint_is_converted_on_the_fly(tmp_path):
     torch.manual_seed(0)
     model = perturb_(source_model("dinov2-registers"), scale=0.5)
-    model.attn_mask_probs.zero_()
+    model.set_attn_mask_probs(0.0)
     torch.save(original_state_dict(model), tmp_path / "pytorch_model.bin")
     model.save_pretrained(tmp_path / "ours")
     image = tmp_path / "image.png"

@@ -265,7 +265,7 @@ def max_differences(model: EoMTForUniversalSegmentation, state, backbone, images
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     differences = {}
     for masked in (False, True):
-        model.attn_mask_probs.fill_(float(masked))
+        model.set_attn_mask_probs(float(masked))
         with torch.no_grad():
             out = model((images - mean) / std)
         mask_logits, class_logits = authors_forward(state, backbone, images, masked)
@@ -355,8 +355,8 @@ def test_overrides_heads_image_size_and_labels(tmp_path):
     assert model.config.num_attention_heads == 2
     assert model.config.id2label[0] == "road" and model.config.label2id["bicycle"] == 18
     assert model.eomt.embeddings.position_embeddings.shape == (1, 36, 96)  # resampled from the stored 4x4 grid to 6x6
-    source.attn_mask_probs.zero_()
-    model.attn_mask_probs.zero_()
+    source.set_attn_mask_probs(0.0)
+    model.set_attn_mask_probs(0.0)
     pixel_values = torch.randn(1, 3, 96, 96)  # the source interpolates its 4x4 positions at run time, identically
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values).masks_queries_logits, source(pixel_values).masks_queries_logits)
@@ -396,7 +396,7 @@ def test_dinov3_delta_checkpoint_adds_the_pretrained_backbone(tmp_path):
     """The authors' DINOv3 releases hold `final - initial`, where the initial model has the pre-trained DINOv3
     backbone, zero heads and queries, and its buffers' initial values (`delta_weights` in their Lightning module)."""
     source = source_model("dinov3")
-    source.attn_mask_probs.zero_()  # annealed
+    source.set_attn_mask_probs(0.0)  # annealed
     full = original_state_dict(source)
     config = source.config
     base = DINOv3ViTModel(DINOv3ViTConfig(
@@ -456,9 +456,9 @@ def test_cli_converts_original_then_exports_to_transformers(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "transformers"), str(tmp_path / "back")]) == 0  # auto-detected
     back = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "back").eval()
     pixel_values = torch.randn(1, 3, 64, 64)
-    for other in (reference, back, source):
-        other.attn_mask_probs.zero_()
-    model.attn_mask_probs.zero_()
+    reference.attn_mask_probs.zero_()  # transformers' model
+    for other in (model, back, source):
+        other.set_attn_mask_probs(0.0)
     with torch.no_grad():
         expected = source(pixel_values).masks_queries_logits
         for other in (model, reference, back):
