@@ -49,8 +49,8 @@ class ModelPair:
         return self.ours.config
 
     def set_mask_probability(self, probability: float) -> None:
-        self.ours.attn_mask_probs.fill_(probability)
-        self.reference.attn_mask_probs.fill_(probability)
+        set_mask_probability(self.ours, probability)
+        set_mask_probability(self.reference, probability)
 
 
 def build_model_pair(config: EoMTConfig, device: torch.device, seed: int = 0) -> ModelPair:
@@ -159,3 +159,11 @@ def first_call_seconds(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def set_mask_probability(model: nn.Module, probability: float) -> None:
+    """Masked-attention probability of every block: our model's setter, or transformers' buffer directly."""
+    if isinstance(model, EoMTForUniversalSegmentation):
+        model.set_attn_mask_probs(probability)
+    else:
+        model.attn_mask_probs.fill_(probability)

@@ -2,13 +2,19 @@
 classes and masks ("Your ViT is Secretly an Image Segmentation Model", CVPR 2025).
 
 Token layout inside the last `num_blocks` blocks: `[queries (Q) | class (1) | registers (R) | patches (N)]`.
+
+`EoMTModel` is the encoder: the ViT blocks, with the queries joined before block L1 = `num_hidden_layers -
+num_blocks`. `EoMTForUniversalSegmentation._forward` runs the same blocks as the paper's loop: before each of the last
+`num_blocks` blocks it predicts masks and classes (deep supervision) and, with probability `attn_mask_probs[i]`,
+restricts each query's attention to its predicted mask. Faster ways to compute attention and the mask logits are in
+`fast_paths`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +26,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from . import fast_paths
 from .configuration_eomt import EoMTConfig
-
-# A callable given (index among the last `num_blocks` blocks, hidden states before that block) that returns the
-# query -> patch attention mask for the block, (batch, num_queries, num_patches) bool with True = may attend,
-# or None for unmasked attention.
-QueryMaskFn = Callable[[int, Tensor], "Tensor | None"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ def apply_rope_to_patches(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class EoMTAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, SDPA or eager, optionally masked for the query rows.
+    """Multi-head self-attention with a fused qkv projection, optionally masked for the query rows: eager (returns
+    the attention weights) or `fast_paths.attention` (SDPA, or matmuls where those are faster).
 
     Without a key bias (DINOv3) the fused projection has no bias and separate `q_bias` / `v_bias` parameters.
     """
@@ -260,7 +263,7 @@ class EoMTAttention(nn.Module):
         if output_attentions or self.config._attn_implementation == "eager":
             context, weights = self._eager(query, key, value, query_mask, dropout)
         else:
-            context, weights = self._sdpa(query, key, value, query_mask, dropout), None
+            context, weights = fast_paths.attention(query, key, value, query_mask, dropout, self.training), None
         context = context.transpose(1, 2).reshape(batch_size, num_tokens, channels)
         return self.proj(context), (weights if output_attentions else None)
 
@@ -273,56 +276,6 @@ class EoMTAttention(nn.Module):
             logits = logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
         weights = logits.softmax(dim=-1)
         return F.dropout(weights, p=dropout, training=self.training) @ value, weights
-
-    def _sdpa(self, query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, dropout: float) -> Tensor:
-        if prefers_matmul_attention(query) and not self.training:
-            return attention_by_matmuls(query, key, value, query_mask, self.scale)
-        if query_mask is None:
-            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
-        # Only the Q query rows are masked: attend them with the mask and every other row on the mask-free path.
-        num_queries = query_mask.shape[1]
-        masked = F.scaled_dot_product_attention(
-            query[:, :, :num_queries], key, value, attn_mask=query_mask[:, None], dropout_p=dropout
-        )
-        free = F.scaled_dot_product_attention(query[:, :, num_queries:], key, value, dropout_p=dropout)
-        # Concatenated as (B, T, heads, D), the layout the output projection reads, and returned as a view.
-        return torch.cat((masked.transpose(1, 2), free.transpose(1, 2)), dim=1).transpose(1, 2)
-
-
-def prefers_matmul_attention(query: Tensor) -> bool:
-    """Whether `attention_by_matmuls` beats SDPA: for bfloat16 / float16 on CPU, where PyTorch's flash-attention kernel
-    runs no faster than in float32 while two half-precision matmuls per head run at the matmul rate (about 1.5x
-    faster on an AVX-512 BF16 CPU at 1605 tokens)."""
-    return query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
-
-
-# `attention_by_matmuls` handles as many heads at once as keep their attention logits within this many bytes (at
-# least one). Small enough for glibc to reuse freed blocks instead of mapping fresh pages: with 16 MiB, a bf16 ViT-S
-# forward at 640 px took 672 ms instead of 566 ms (2 cores), as every chunk paid for page faults again.
-ATTENTION_CHUNK_BYTES = 4 * 2**20
-
-
-def attention_by_matmuls(query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, scale: float) -> Tensor:
-    """`softmax(q k^T * scale) v` with two matmuls per group of heads (logits of at most `ATTENTION_CHUNK_BYTES`).
-
-    Args:
-        query, key, value: `(B, heads, T, D)`.
-        query_mask: `(B, Q, T)` bool, True = may attend, for the first Q query rows, or None.
-    Returns:
-        `(B, heads, T, D)`, a view of a `(B, T, heads, D)` tensor.
-    """
-    batch, heads, tokens, _ = query.shape
-    heads_per_chunk = max(1, ATTENTION_CHUNK_BYTES // (batch * tokens * key.shape[2] * query.element_size()))
-    blocked = None if query_mask is None else ~query_mask[:, None]  # (B, 1, Q, T)
-    query = query * scale
-    outputs = []
-    for start in range(0, heads, heads_per_chunk):
-        chunk = slice(start, start + heads_per_chunk)
-        logits = query[:, chunk] @ key[:, chunk].transpose(-1, -2)  # (B, h, T, T)
-        if blocked is not None:
-            logits[:, :, : blocked.shape[2]].masked_fill_(blocked, float("-inf"))
-        outputs.append((logits.softmax(dim=-1) @ value[:, chunk]).transpose(1, 2))  # (B, T, h, D)
-    return torch.cat(outputs, dim=2).transpose(1, 2)
 
 
 class EoMTLayerScale(nn.Module):
@@ -406,6 +359,53 @@ class EoMTLayer(GradientCheckpointingLayer):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Segmentation heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class EoMTLayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a `(B, C, H, W)` map."""
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        hidden_states = hidden_states.permute(0, 2, 3, 1)
+        hidden_states = F.layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
+        return hidden_states.permute(0, 3, 1, 2)
+
+
+class EoMTUpscaleBlock(GradientCheckpointingLayer):
+    """2x upscaling: ConvTranspose2d(k2, s2) -> act -> depthwise Conv2d(k3, no bias) -> LayerNorm over channels.
+
+    Checkpointed with the transformer blocks (`activation_checkpointing_enable`): its activations at mask resolution,
+    kept for every intermediate prediction, are most of the memory of a training step at small inputs."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.conv_transpose = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.activation = ACT2FN[config.hidden_act]
+        self.depthwise_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = EoMTLayerNorm2d(dim, eps=1e-6)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.norm(self.depthwise_conv(self.activation(self.conv_transpose(hidden_states))))
+
+
+class EoMTMaskHead(nn.Module):
+    """Three-layer MLP turning query tokens into mask embeddings."""
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.fc3 = nn.Linear(dim, dim)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, queries: Tensor) -> Tensor:
+        return self.fc3(self.activation(self.fc2(self.activation(self.fc1(queries)))))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -475,6 +475,17 @@ class EoMTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, EoMTForUniversalSegmentation):
             init.ones_(module.attn_mask_probs)
 
+    def _output_options(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """The forward's output switches, each defaulting to the config's."""
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.return_dict if return_dict is None else return_dict,
+        )
+
 
 def check_pixel_values(pixel_values: Tensor | None, config: EoMTConfig) -> None:
     """Raise a `ValueError` that names the problem when `pixel_values` is not a `(B, C, H, W)` float batch."""
@@ -501,10 +512,25 @@ def check_pixel_values(pixel_values: Tensor | None, config: EoMTConfig) -> None:
         )
 
 
+class _BlockOutputs:
+    """Every block's output (after the embeddings') and attention weights, kept only when asked for."""
+
+    def __init__(self, embeddings: Tensor, output_hidden_states: bool, output_attentions: bool) -> None:
+        self.hidden_states: tuple[Tensor, ...] | None = (embeddings,) if output_hidden_states else None
+        self.attentions: tuple[Tensor, ...] | None = () if output_attentions else None
+
+    def add(self, hidden_states: Tensor, weights: Tensor | None) -> None:
+        if self.hidden_states is not None:
+            self.hidden_states += (hidden_states,)
+        if self.attentions is not None:
+            self.attentions += (weights,)
+
+
 class EoMTModel(EoMTPreTrainedModel):
     """The EoMT encoder: a plain ViT whose last `num_blocks` blocks also process `num_queries` query tokens.
 
-    Returns the normalised query and patch tokens; masked attention is driven by the caller through `query_mask_fn`.
+    Returns the normalised query and patch tokens, without masked attention (which needs the segmentation heads: see
+    `EoMTForUniversalSegmentation`).
     """
 
     def __init__(self, config: EoMTConfig) -> None:
@@ -528,13 +554,12 @@ class EoMTModel(EoMTPreTrainedModel):
 
     @property
     def first_query_block(self) -> int:
-        """Index of the first block that sees the queries (L1 in the paper)."""
+        """Index of the first block that sees the queries (L1 in the paper): `num_hidden_layers - num_blocks`."""
         return self.config.num_hidden_layers - self.config.num_blocks
 
     def forward(
         self,
         pixel_values: Tensor,
-        query_mask_fn: QueryMaskFn | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -543,141 +568,50 @@ class EoMTModel(EoMTPreTrainedModel):
         """
         Args:
             pixel_values: `(B, C, H, W)` normalised images, H and W multiples of `patch_size`.
-            query_mask_fn: called before each of the last `num_blocks` blocks with (block index among them, hidden
-                states); returns that block's `(B, Q, N)` query -> patch attention mask or None.
         """
-        config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
-        check_pixel_values(pixel_values, config)
-
-        grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
-        hidden_states = self.embeddings(pixel_values)  # (B, 1 + R + N, C)
-        rope = self.rope(grid, hidden_states.device, hidden_states.dtype) if self.rope is not None else None
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        num_queries, num_prefix = config.num_queries, self.num_prefix_tokens
-
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
+        check_pixel_values(pixel_values, self.config)
+        hidden_states, rope, grid = self._embed(pixel_values)  # (B, 1 + R + N, C)
+        recorded = _BlockOutputs(hidden_states, output_hidden_states, output_attentions)
         for index, layer in enumerate(self.layers):
-            query_mask = None
             if index == self.first_query_block:
-                queries = self.query.weight[None].expand(hidden_states.shape[0], -1, -1).to(hidden_states.dtype)
-                hidden_states = torch.cat((queries, hidden_states), dim=1)  # (B, Q + 1 + R + N, C)
-            if index >= self.first_query_block and query_mask_fn is not None:
-                patch_mask = query_mask_fn(index - self.first_query_block, hidden_states)
-                if patch_mask is not None:
-                    always = patch_mask.new_ones(patch_mask.shape[0], num_queries, num_queries + num_prefix)
-                    query_mask = torch.cat((always, patch_mask), dim=-1)  # (B, Q, T)
-            hidden_states, weights = layer(hidden_states, rope, query_mask, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (weights,)
+                hidden_states = self._join_queries(hidden_states)  # (B, Q + 1 + R + N, C)
+            hidden_states, weights = layer(hidden_states, rope, output_attentions=output_attentions)
+            recorded.add(hidden_states, weights)
 
         sequence_output = self.layernorm(hidden_states)
-        has_queries = config.num_blocks > 0
         output = EoMTModelOutput(
             last_hidden_state=sequence_output,
-            query_tokens=sequence_output[:, :num_queries] if has_queries else None,
+            query_tokens=sequence_output[:, : self.config.num_queries] if self.config.num_blocks > 0 else None,
             patch_tokens=sequence_output[:, -grid[0] * grid[1] :],
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
+            hidden_states=recorded.hidden_states,
+            attentions=recorded.attentions,
         )
         return output if return_dict else output.to_tuple()
 
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, tuple[int, int]]:
+        """The class, register and patch tokens `(B, 1 + R + N, C)`, DINOv3's rotary `(cos, sin)` (else None) and the
+        patch grid `(h, w)`."""
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        hidden_states = self.embeddings(pixel_values)
+        rope = self.rope(grid, hidden_states.device, hidden_states.dtype) if self.rope is not None else None
+        return hidden_states, rope, grid
 
-class EoMTLayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a `(B, C, H, W)` map."""
-
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        hidden_states = hidden_states.permute(0, 2, 3, 1)
-        hidden_states = F.layer_norm(hidden_states, self.normalized_shape, self.weight, self.bias, self.eps)
-        return hidden_states.permute(0, 3, 1, 2)
-
-
-class EoMTUpscaleBlock(GradientCheckpointingLayer):
-    """2x upscaling: ConvTranspose2d(k2, s2) -> act -> depthwise Conv2d(k3, no bias) -> LayerNorm over channels.
-
-    Checkpointed with the transformer blocks (`activation_checkpointing_enable`): its activations at mask resolution,
-    kept for every intermediate prediction, are most of the memory of a training step at small inputs."""
-
-    def __init__(self, config: EoMTConfig) -> None:
-        super().__init__()
-        dim = config.hidden_size
-        self.conv_transpose = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-        self.activation = ACT2FN[config.hidden_act]
-        self.depthwise_conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
-        self.norm = EoMTLayerNorm2d(dim, eps=1e-6)
-
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        return self.norm(self.depthwise_conv(self.activation(self.conv_transpose(hidden_states))))
-
-    def bands(self, hidden_states: Tensor, rows: int) -> Iterator[tuple[int, int, Tensor]]:
-        """`forward` computed on bands of `rows` input rows: yields `(start, stop, output rows 2 * start to
-        2 * stop)`. Each band is computed with one halo row per side (the 3x3 convolution's context) whose outputs are
-        dropped, so no activation is larger than a band. Used without gradients on large maps, where every full-size
-        activation would be fresh memory that the OS has to map page by page (glibc returns blocks above 32 MB to
-        the OS on free)."""
-        height = hidden_states.shape[-2]
-        for start in range(0, height, rows):
-            stop = min(start + rows, height)
-            low, high = max(start - 1, 0), min(stop + 1, height)
-            band = self(hidden_states[:, :, low:high])  # (B, C, 2 * (high - low), 2w)
-            yield start, stop, band[:, :, 2 * (start - low) : 2 * (stop - low)]
-
-    def forward_in_bands(self, hidden_states: Tensor, rows: int) -> Tensor:
-        """`forward` assembled from `bands`."""
-        return torch.cat([band for _, _, band in self.bands(hidden_states, rows)], dim=2)
-
-
-# Inference upscales large maps in bands of about this many output bytes (see `EoMTForUniversalSegmentation.band_rows`).
-UPSCALE_BAND_BYTES = 8 * 2**20
-
-
-class EoMTMaskHead(nn.Module):
-    """Three-layer MLP turning query tokens into mask embeddings."""
-
-    def __init__(self, config: EoMTConfig) -> None:
-        super().__init__()
-        dim = config.hidden_size
-        self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-        self.fc3 = nn.Linear(dim, dim)
-        self.activation = ACT2FN[config.hidden_act]
-
-    def forward(self, queries: Tensor) -> Tensor:
-        return self.fc3(self.activation(self.fc2(self.activation(self.fc1(queries)))))
-
-
-def mask_logits_on_grid(mask_logits: Tensor, grid: tuple[int, int]) -> Tensor:
-    """`F.interpolate(mask_logits, size=grid, mode="bilinear", align_corners=False)` in float32: `(B, Q, H, W)` mask
-    logits resized to the patch grid `(h, w)`.
-
-    The upscale blocks make `H, W` an even multiple `s` of the grid, and then grid cell `(i, j)` samples the input at
-    `(s * i + s / 2 - 1/2, s * j + s / 2 - 1/2)`: the mean of the 2 x 2 logits in the middle of its `s x s` block,
-    read here through strided views (equal to F.interpolate up to float rounding, about 10x faster: F.interpolate
-    copies the whole map first). Other sizes go through F.interpolate."""
-    height, width = mask_logits.shape[-2:]
-    scale = height // grid[0]
-    if (height, width) == tuple(grid):
-        return mask_logits.float()
-    if scale % 2 or (height, width) != (grid[0] * scale, grid[1] * scale):
-        return F.interpolate(mask_logits.float(), size=grid, mode="bilinear", align_corners=False)
-    first = scale // 2 - 1  # the upper / left of the two middle rows / columns of a block
-
-    def corner(row: int, column: int) -> Tensor:  # (B, Q, h, w)
-        return mask_logits[..., first + row :: scale, first + column :: scale].float()
-
-    return ((corner(0, 0) + corner(0, 1)) + (corner(1, 0) + corner(1, 1))) * 0.25
+    def _join_queries(self, hidden_states: Tensor) -> Tensor:
+        """Prepend the learnable queries: `(B, 1 + R + N, C)` -> `(B, Q + 1 + R + N, C)`."""
+        queries = self.query.weight[None].expand(hidden_states.shape[0], -1, -1).to(hidden_states.dtype)
+        return torch.cat((queries, hidden_states), dim=1)
 
 
 class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
     """EoMT with its class head, mask head and upscale blocks: semantic, instance and panoptic segmentation.
 
-    `attn_mask_probs[i]` is the probability that a query uses masked attention in the i-th of the last `num_blocks`
-    blocks, drawn per image and per query; mask annealing lowers it from 1 to 0 during training. In eval mode, blocks
-    whose probability is 0 run without masks and their intermediate predictions are not computed.
+    `attn_mask_probs[i]` (a buffer, saved with the weights) is the probability that a query uses masked attention in
+    the i-th of the last `num_blocks` blocks, drawn per image and per query; mask annealing lowers it from 1 to 0
+    during training (`set_attn_mask_probs`). In eval mode, blocks whose probability is 0 run without masks and their
+    intermediate predictions are not computed.
     """
 
     def __init__(self, config: EoMTConfig) -> None:
@@ -687,6 +621,9 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         self.mask_head = EoMTMaskHead(config)
         self.class_predictor = nn.Linear(config.hidden_size, config.num_labels + 1)
         self.register_buffer("attn_mask_probs", torch.ones(config.num_blocks))
+        # `attn_mask_probs` as Python numbers for torch.export (`_read_attn_mask_probs`), read again by the setter,
+        # `train` / `eval` and every forward outside export.
+        self._attn_mask_probs_values: tuple[float, ...] = (1.0,) * config.num_blocks
         self.inference_dtype: torch.dtype | None = None
         self.compiled_inference: Callable | None = None
         self.post_init()
@@ -694,18 +631,59 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.eomt.get_input_embeddings()
 
+    def set_attn_mask_probs(self, probs: float | Sequence[float] | Tensor) -> None:
+        """Set the probability of masked attention in each of the last `num_blocks` blocks (mask annealing).
+
+        Args:
+            probs: one probability per masked block (`num_blocks` values, first block first), or one number for all,
+                each in [0, 1]. 1: every query attends only within its predicted mask; 0: no masks (in eval mode the
+                block also skips its intermediate prediction).
+        """
+        num_blocks = self.attn_mask_probs.numel()
+        try:
+            values = torch.as_tensor(probs, dtype=torch.float64).cpu()
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"attn_mask_probs must be a number or a sequence of numbers, got {probs!r}") from error
+        if values.ndim == 0:
+            values = values.expand(num_blocks)
+        if values.shape != (num_blocks,):
+            raise ValueError(
+                f"attn_mask_probs needs one probability per masked block (num_blocks={num_blocks}) or a single number, "
+                f"got {values.numel()} values of shape {tuple(values.shape)}"
+            )
+        if not bool(((values >= 0) & (values <= 1)).all()):
+            raise ValueError(f"attn_mask_probs must lie in [0, 1], got {values.tolist()}")
+        values = values.to(self.attn_mask_probs.dtype)
+        with torch.no_grad():
+            self.attn_mask_probs.copy_(values)
+        self._attn_mask_probs_values = tuple(values.tolist())  # from the CPU copy: no device sync
+
+    def _read_attn_mask_probs(self) -> tuple[float, ...]:
+        """`attn_mask_probs` as Python numbers, read from the buffer, except under torch.export: its graph cannot read
+        a buffer's values and gets the values last read. Under torch.compile the read is a graph break: as constants
+        in the graph the values would recompile it at every step of mask annealing."""
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.6
+        if not exporting and not self.attn_mask_probs.is_meta:
+            self._attn_mask_probs_values = tuple(self.attn_mask_probs.tolist())
+        return self._attn_mask_probs_values
+
+    def train(self, mode: bool = True) -> "EoMTForUniversalSegmentation":
+        """`nn.Module.train`, also reading `attn_mask_probs` for graphs traced afterwards."""
+        self._read_attn_mask_probs()  # e.g. after `from_pretrained` or `load_state_dict`, before `torch.export`
+        return super().train(mode)
+
     def enable_fast_inference(
         self, dtype: torch.dtype | None = torch.bfloat16, compile: bool = False
     ) -> "EoMTForUniversalSegmentation":
         """Faster inference (eval mode) at a small cost in precision; returns the model, switched to eval mode.
 
         Args:
-            dtype: run inference under `torch.autocast(dtype)`. bfloat16 runs the matmuls at about twice the float32
-                rate on CPUs with AVX-512 BF16 or AMX and on recent GPUs; the logits are returned in float32 and
-                differ from float32 inference by about 1% of their scale. None: plain float32.
+            dtype: run inference under `torch.autocast(dtype)`. bfloat16 runs the matmuls faster than float32 on CPUs
+                with AVX-512 BF16 or AMX and on recent GPUs; the logits are returned in float32 and differ from
+                float32 inference by about 1% of their scale. None: plain float32.
             compile: `torch.compile` the inference forward with the weights frozen into the graph (inductor's
-                `freezing`): each new input size compiles once (about a minute for ViT-S on 2 CPU cores), and weights
-                changed afterwards are not seen until `enable_fast_inference` is called again.
+                `freezing`): each new input size compiles once, and weights changed afterwards are not seen until
+                `enable_fast_inference` is called again.
         Training mode is unaffected; `enable_fast_inference(None)` switches everything off.
         """
         if dtype not in (None, torch.bfloat16, torch.float16):
@@ -713,72 +691,6 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         self.inference_dtype = dtype
         self.compiled_inference = torch.compile(self._forward, options={"freezing": True}) if compile else None
         return self.eval()
-
-    def predict(self, normed_tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Mask logits `(B, Q, h * 2^u, w * 2^u)` and class logits `(B, Q, K + 1)` from normalised tokens."""
-        num_queries = self.config.num_queries
-        queries = normed_tokens[:, :num_queries]  # (B, Q, C)
-        patches = normed_tokens[:, num_queries + self.eomt.num_prefix_tokens :]  # (B, N, C)
-        class_logits = self.class_predictor(queries)
-        mask_embeddings = self.mask_head(queries)  # (B, Q, C)
-        # (B, C, h, w) stored channels-last: the convolutions and the channel LayerNorm run on it without copies.
-        pixel_features = patches.unflatten(1, grid).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-        for index, block in enumerate(self.upscale_blocks):
-            rows = self.band_rows(pixel_features)
-            if rows is None:
-                pixel_features = block(pixel_features)
-            elif index < len(self.upscale_blocks) - 1:
-                pixel_features = block.forward_in_bands(pixel_features, rows)
-            else:  # the last block: the mask logits band by band, the upscaled features never whole
-                return self.mask_logits_in_bands(mask_embeddings, block, pixel_features, rows), class_logits
-        mask_logits = self.compute_mask_logits(mask_embeddings, pixel_features)  # (B, Q, H * W)
-        return mask_logits.unflatten(2, pixel_features.shape[-2:]), class_logits
-
-    @staticmethod
-    def compute_mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Tensor | None = None) -> Tensor:
-        """`einsum("bqc,bchw->bqhw")` of `(B, Q, C)` embeddings and channels-last `(B, C, H, W)` features, flattened to
-        `(B, Q, H * W)`: one batched matmul that reads the features in place, into `out` if given."""
-        pixel_rows = pixel_features.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H * W, C), a view
-        if out is None:
-            return torch.bmm(mask_embeddings, pixel_rows.transpose(1, 2))
-        return torch.bmm(mask_embeddings.to(out.dtype), pixel_rows.transpose(1, 2).to(out.dtype), out=out)
-
-    @staticmethod
-    def band_rows(pixel_features: Tensor) -> int | None:
-        """Input rows per band for upscaling `pixel_features` `(B, C, h, w)` on CPU without gradients when the output
-        exceeds `4 * UPSCALE_BAND_BYTES`: bands of about `UPSCALE_BAND_BYTES`, at least 8 rows (the same values, 25%
-        faster for a 160x160x384 output); None: upscale the whole map."""
-        batch, channels, height, width = pixel_features.shape
-        row_bytes = batch * channels * 4 * width * pixel_features.element_size()  # output bytes per input row
-        large = height * row_bytes > 4 * UPSCALE_BAND_BYTES
-        if torch.is_grad_enabled() or pixel_features.device.type != "cpu" or not large:
-            return None
-        return max(8, UPSCALE_BAND_BYTES // row_bytes)
-
-    def mask_logits_in_bands(
-        self, mask_embeddings: Tensor, block: EoMTUpscaleBlock, pixel_features: Tensor, rows: int
-    ) -> Tensor:
-        """`(B, Q, 2h, 2w)` mask logits of `mask_embeddings` `(B, Q, C)` and `block(pixel_features)`, computed band by
-        band (`EoMTUpscaleBlock.bands`) straight into the output: no full-size feature map and no concatenation."""
-        batch, _, height, width = pixel_features.shape
-        dtype = mask_embeddings.dtype  # what bmm would return: autocast's dtype under autocast
-        if torch.is_autocast_enabled(mask_embeddings.device.type):
-            dtype = torch.get_autocast_dtype(mask_embeddings.device.type)
-        mask_logits = mask_embeddings.new_empty(batch, mask_embeddings.shape[1], 4 * height * width, dtype=dtype)
-        for start, stop, features in block.bands(pixel_features, rows):  # features (B, C, 2 (stop - start), 2w)
-            band = mask_logits[:, :, 4 * start * width : 4 * stop * width]  # output rows 2 start .. 2 stop
-            self.compute_mask_logits(mask_embeddings, features, out=band)
-        return mask_logits.unflatten(2, (2 * height, 2 * width))
-
-    def sample_query_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: float) -> Tensor:
-        """Query -> patch mask `(B, Q, N)`: a query attends to the patches where its mask logit (resized bilinearly
-        to the grid) is positive; with probability `1 - prob`, drawn per image and per query, it attends to all."""
-        with torch.no_grad():
-            mask = mask_logits_on_grid(mask_logits, grid).flatten(2) > 0
-        if prob < 1:
-            unmasked = torch.rand(mask.shape[:2], device=mask.device) > prob  # (B, Q)
-            mask = mask | unmasked[..., None]
-        return mask
 
     def forward(
         self,
@@ -794,58 +706,93 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
             pixel_values: `(B, C, H, W)` normalised images, H and W multiples of `patch_size`.
             patch_offsets: passed through to the output for sliding-window post-processing.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_options(
+            output_attentions, output_hidden_states, return_dict
+        )
         check_pixel_values(pixel_values, self.config)
+        inputs = (pixel_values, self._read_attn_mask_probs(), patch_offsets, output_attentions, output_hidden_states)
         if self.training:
-            output = self._forward(pixel_values, patch_offsets, output_attentions, output_hidden_states)
-            return output if return_dict else output.to_tuple()
-        forward = self.compiled_inference or self._forward
-        if self.inference_dtype is None:  # the caller's autocast, if any, stays in force
-            output = forward(pixel_values, patch_offsets, output_attentions, output_hidden_states)
+            output = self._forward(*inputs)
+        elif self.inference_dtype is None:  # the caller's autocast, if any, stays in force
+            output = (self.compiled_inference or self._forward)(*inputs)
         else:
             with torch.autocast(pixel_values.device.type, dtype=self.inference_dtype):
-                output = forward(pixel_values, patch_offsets, output_attentions, output_hidden_states)
+                output = (self.compiled_inference or self._forward)(*inputs)
             output = output.float_logits()
         return output if return_dict else output.to_tuple()
 
     def _forward(
         self,
         pixel_values: Tensor,
+        attn_mask_probs: tuple[float, ...],
         patch_offsets: list[Tensor] | None,
-        output_attentions: bool | None,
-        output_hidden_states: bool | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
     ) -> EoMTForUniversalSegmentationOutput:
-        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        probs = self.attn_mask_probs.tolist()
-        intermediate_masks: list[Tensor] = []
-        intermediate_classes: list[Tensor] = []
+        """The EoMT forward pass: a ViT whose last `num_blocks` blocks also carry the queries, each of those blocks
+        preceded by a prediction (deep supervision) whose masks restrict the queries' attention."""
+        eomt = self.eomt
+        hidden_states, rope, grid = eomt._embed(pixel_values)  # the residual stream, (B, 1 + R + N, C)
+        recorded = _BlockOutputs(hidden_states, output_hidden_states, output_attentions)
+        intermediate_masks, intermediate_classes = [], []
+        for index, layer in enumerate(eomt.layers):
+            query_mask = None
+            if index == eomt.first_query_block:  # L1: the queries join the residual stream
+                hidden_states = eomt._join_queries(hidden_states)  # (B, Q + 1 + R + N, C)
+            if index >= eomt.first_query_block:  # one of the last `num_blocks` blocks
+                prob = attn_mask_probs[index - eomt.first_query_block]
+                if self.training or prob > 0:  # in eval mode only the predictions that masks are made from
+                    mask_logits, class_logits = self._predict_masks_and_classes(eomt.layernorm(hidden_states), grid)
+                    intermediate_masks.append(mask_logits)
+                    intermediate_classes.append(class_logits)
+                    if prob > 0:
+                        query_mask = self._sample_query_mask(mask_logits, grid, prob)  # (B, Q, Q + 1 + R + N)
+            hidden_states, weights = layer(hidden_states, rope, query_mask, output_attentions)
+            recorded.add(hidden_states, weights)
 
-        def query_mask_fn(block: int, hidden_states: Tensor) -> Tensor | None:
-            if not self.training and probs[block] <= 0:
-                return None
-            mask_logits, class_logits = self.predict(self.eomt.layernorm(hidden_states), grid)
-            intermediate_masks.append(mask_logits)
-            intermediate_classes.append(class_logits)
-            if probs[block] <= 0:
-                return None
-            return self.sample_query_mask(mask_logits, grid, probs[block])
-
-        outputs = self.eomt(
-            pixel_values,
-            query_mask_fn=query_mask_fn,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
-        masks_queries_logits, class_queries_logits = self.predict(outputs.last_hidden_state, grid)
-
+        sequence_output = eomt.layernorm(hidden_states)
+        masks_queries_logits, class_queries_logits = self._predict_masks_and_classes(sequence_output, grid)
         return EoMTForUniversalSegmentationOutput(
             class_queries_logits=class_queries_logits,
             masks_queries_logits=masks_queries_logits,
             intermediate_class_queries_logits=tuple(intermediate_classes) or None,
             intermediate_masks_queries_logits=tuple(intermediate_masks) or None,
-            last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            last_hidden_state=sequence_output,
+            hidden_states=recorded.hidden_states,
+            attentions=recorded.attentions,
             patch_offsets=patch_offsets,
         )
+
+    def _predict_masks_and_classes(self, normed_tokens: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Mask logits `(B, Q, h * 2^u, w * 2^u)` and class logits `(B, Q, K + 1)` from the normalised tokens
+        `(B, Q + 1 + R + N, C)`, `u` = `num_upscale_blocks`."""
+        num_queries = self.config.num_queries
+        queries = normed_tokens[:, :num_queries]  # (B, Q, C)
+        patches = normed_tokens[:, num_queries + self.eomt.num_prefix_tokens :]  # (B, N, C)
+        class_logits = self.class_predictor(queries)
+        mask_embeddings = self.mask_head(queries)  # (B, Q, C)
+        # (B, C, h, w) stored channels-last: the convolutions and the channel LayerNorm run on it without copies.
+        pixel_features = patches.unflatten(1, grid).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        for index, block in enumerate(self.upscale_blocks):
+            rows = fast_paths.band_rows(pixel_features)
+            if rows is None:
+                pixel_features = block(pixel_features)
+            elif index < len(self.upscale_blocks) - 1:
+                pixel_features = fast_paths.forward_in_bands(block, pixel_features, rows)
+            else:  # the last block: the mask logits band by band, the upscaled features never whole
+                return fast_paths.mask_logits_in_bands(mask_embeddings, block, pixel_features, rows), class_logits
+        mask_logits = fast_paths.compute_mask_logits(mask_embeddings, pixel_features)  # (B, Q, H * W)
+        return mask_logits.unflatten(2, pixel_features.shape[-2:]), class_logits
+
+    def _sample_query_mask(self, mask_logits: Tensor, grid: tuple[int, int], prob: float) -> Tensor:
+        """The queries' attention mask `(B, Q, T)`, True = may attend, from mask logits `(B, Q, H, W)`: a query
+        attends to the queries, the class and register tokens, and the patches where its mask logit (resized
+        bilinearly to the grid) is positive; with probability `1 - prob`, drawn per image and per query, to all."""
+        with torch.no_grad():
+            patch_mask = fast_paths.mask_logits_on_grid(mask_logits, grid).flatten(2) > 0  # (B, Q, N)
+        if prob < 1:
+            unmasked = torch.rand(patch_mask.shape[:2], device=patch_mask.device) > prob  # (B, Q)
+            patch_mask = patch_mask | unmasked[..., None]
+        batch, num_queries = patch_mask.shape[:2]
+        always = patch_mask.new_ones(batch, num_queries, num_queries + self.eomt.num_prefix_tokens)
+        return torch.cat((always, patch_mask), dim=-1)

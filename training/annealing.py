@@ -122,10 +122,8 @@ class MaskAnnealingCallback(TrainerCallback):
         return schedule
 
     def apply(self, model: nn.Module, step: int) -> None:
-        """Write the probabilities of `step` into the model's `attn_mask_probs`."""
-        probs = unwrap_model(model).attn_mask_probs
-        with torch.no_grad():
-            probs.copy_(torch.tensor(self.schedule.probabilities(step), dtype=probs.dtype))
+        """Set the model's `attn_mask_probs` to the probabilities of `step`."""
+        unwrap_model(model).set_attn_mask_probs(self.schedule.probabilities(step))
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         self.schedule = self.resolve_schedule(model, state.max_steps)
@@ -147,8 +145,10 @@ class MaskAnnealingCallback(TrainerCallback):
             state.log_history[-1].update(values)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
-        probs = unwrap_model(model).attn_mask_probs
-        if bool((probs > 0).any()):
-            logger.warning("mask annealing had not finished at the end of training (%s); setting all to 0", probs.tolist())
-        with torch.no_grad():
-            probs.zero_()
+        model = unwrap_model(model)
+        if bool((model.attn_mask_probs > 0).any()):
+            logger.warning(
+                "mask annealing had not finished at the end of training (%s); setting all to 0",
+                model.attn_mask_probs.tolist(),
+            )
+        model.set_attn_mask_probs(0.0)

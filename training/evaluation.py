@@ -15,7 +15,6 @@ import copy
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import torch
 from datasets.distributed import split_dataset_by_node
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
@@ -75,15 +74,13 @@ def evaluation_dataloader(
 def inference_attention(model: nn.Module, masked: bool = False) -> Iterator[None]:
     """Run `model` mask-free (all `attn_mask_probs` 0, as after mask annealing) or, with `masked`, with masked
     attention in every masked block (all 1); the probabilities are restored afterwards."""
-    probs = unwrap_model(model).attn_mask_probs
-    saved = probs.detach().clone()
-    with torch.no_grad():
-        probs.fill_(1.0 if masked else 0.0)
+    model = unwrap_model(model)
+    saved = model.attn_mask_probs.detach().clone()
+    model.set_attn_mask_probs(1.0 if masked else 0.0)
     try:
         yield
     finally:
-        with torch.no_grad():
-            probs.copy_(saved)
+        model.set_attn_mask_probs(saved)
 
 
 class SegmentationEvaluator:

@@ -26,7 +26,7 @@ def run_quickstart(output_dir: str | Path, image_size: int = 128, seed: int = 0)
         id2label=dict(enumerate(CLASS_NAMES)), label2id={name: i for i, name in enumerate(CLASS_NAMES)},
     )  # fmt: skip
     model = EoMTForUniversalSegmentation(config).eval()
-    model.attn_mask_probs.zero_()  # mask-free inference, as after mask annealing
+    model.set_attn_mask_probs(0.0)  # mask-free inference, as after mask annealing
 
     scene = synthetic_scene(seed, size=image_size)
     pixel_values = normalize_image(np.asarray(scene.image))[None]
@@ -39,7 +39,7 @@ def run_quickstart(output_dir: str | Path, image_size: int = 128, seed: int = 0)
     model_dir = output_dir / "model"
     model.save_pretrained(model_dir)
     reloaded = EoMTForUniversalSegmentation.from_pretrained(model_dir).eval()
-    reloaded.attn_mask_probs.zero_()
+    reloaded.set_attn_mask_probs(0.0)
     with torch.inference_mode():
         same = torch.equal(reloaded(pixel_values).masks_queries_logits, outputs.masks_queries_logits)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from benchmarks.context import BenchmarkContext, inference, max_output_difference
+from benchmarks.context import BenchmarkContext, inference, max_output_difference, set_mask_probability
 from benchmarks.measure import paired_ratios
 from benchmarks.registry import Result, register_section
 
@@ -24,7 +24,7 @@ def forward_section(context: BenchmarkContext) -> list[Result]:
         run = inference(model, pixel_values)
 
         def run_at() -> object:
-            model.attn_mask_probs.fill_(probability)
+            set_mask_probability(model, probability)
             return run()
 
         return run_at

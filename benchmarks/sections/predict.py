@@ -30,7 +30,7 @@ def predict_section(context: BenchmarkContext) -> list[Result]:
     side = context.args.image_size
     torch.manual_seed(context.args.seed)
     model = EoMTForUniversalSegmentation(context.config()).eval()
-    model.attn_mask_probs.zero_()
+    model.set_attn_mask_probs(0.0)
     cast_model = copy.deepcopy(model).to(torch.bfloat16)
     processor = EoMTImageProcessor(size=side)
     pixel_values = context.images(1)

@@ -27,7 +27,7 @@ WINDOWS = {"shortest_edge": 32, "longest_edge": None}
 def model():
     torch.manual_seed(0)
     model = perturb_(EoMTForUniversalSegmentation(tiny_config(id2label=LABELS, label2id={v: k for k, v in LABELS.items()})), 0.5)
-    model.attn_mask_probs.zero_()  # the state after mask annealing: no masked attention at inference
+    model.set_attn_mask_probs(0.0)  # the state after mask annealing: no masked attention at inference
     return model.eval()
 
 

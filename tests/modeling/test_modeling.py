@@ -4,11 +4,9 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForUniversalSegmentation
 
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation, EoMTModel
-from modeling_eomt.modeling_eomt import mask_logits_on_grid
 from tests.modeling.helpers import VARIANTS, perturb_, tiny_config
 
 
@@ -27,19 +25,19 @@ def test_output_shapes_and_intermediate_predictions(variant):
     assert len(out.intermediate_class_queries_logits) == config.num_blocks
 
     model.eval()
-    model.attn_mask_probs.fill_(1.0)
+    model.set_attn_mask_probs(1.0)
     assert len(model(pixel_values).intermediate_masks_queries_logits) == config.num_blocks
-    model.attn_mask_probs.copy_(torch.tensor([0.0, 1.0]))
+    model.set_attn_mask_probs([0.0, 1.0])
     assert len(model(pixel_values).intermediate_masks_queries_logits) == 1
 
 
 def test_mask_free_inference_computes_no_intermediate_prediction(monkeypatch):
     model = EoMTForUniversalSegmentation(tiny_config()).eval()
-    model.attn_mask_probs.zero_()
+    model.set_attn_mask_probs(0.0)
     calls = []
-    original = model.predict
-    monkeypatch.setattr(model, "predict", lambda *args: calls.append(1) or original(*args))
-    monkeypatch.setattr(model, "sample_query_mask", lambda *args: pytest.fail("a mask was built"))
+    original = model._predict_masks_and_classes
+    monkeypatch.setattr(model, "_predict_masks_and_classes", lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(model, "_sample_query_mask", lambda *args: pytest.fail("a mask was built"))
     out = model(torch.randn(1, 3, 64, 64))
     assert len(calls) == 1  # the final prediction only
     assert out.intermediate_masks_queries_logits is None and out.intermediate_class_queries_logits is None
@@ -65,24 +63,15 @@ def test_masked_attention_blocks_query_to_patch_outside_the_mask():
 def test_sample_query_mask_draws_per_image_and_per_query():
     model = EoMTForUniversalSegmentation(tiny_config())
     logits = -torch.ones(8, 400, 16, 16)  # every query masked everywhere before sampling
-    assert not model.sample_query_mask(logits, (4, 4), 1.0).any()
-    mask = model.sample_query_mask(logits, (4, 4), 0.3)
+    full_mask = model._sample_query_mask(logits, (4, 4), 1.0)  # (B, Q, T): queries, class and registers, patches
+    assert full_mask.shape == (8, 400, 400 + 1 + 4 + 16)
+    assert full_mask[..., : 400 + 1 + 4].all()  # queries and prefix tokens are never masked
+    assert not full_mask[..., -16:].any()
+    mask = model._sample_query_mask(logits, (4, 4), 0.3)[..., -16:]  # (B, Q, N)
     unmasked_rows = mask.all(-1)  # (B, Q): rows whose mask was disabled
     assert torch.equal(unmasked_rows, mask.any(-1))  # a row is all-on or all-off
     assert 0.6 < unmasked_rows.float().mean() < 0.8  # disabled with probability 1 - 0.3
     assert not torch.equal(unmasked_rows[0], unmasked_rows[1])
-
-
-@pytest.mark.parametrize("scale, grid", [(1, (4, 4)), (2, (3, 5)), (4, (4, 4)), (4, (5, 3)), (8, (2, 3)), (3, (4, 4))])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mask_logits_on_grid_is_bilinear_resizing(scale, grid, dtype):
-    logits = torch.randn(2, 7, grid[0] * scale, grid[1] * scale).to(dtype)
-    expected = F.interpolate(logits.float(), size=grid, mode="bilinear", align_corners=False)
-    resized = mask_logits_on_grid(logits, grid)
-    assert resized.dtype == torch.float32 and resized.shape == (2, 7, *grid)
-    torch.testing.assert_close(resized, expected, atol=1e-6, rtol=0)
-    resized = mask_logits_on_grid(logits, (grid[0] * scale // 2 + 1, 5))  # not a multiple: F.interpolate
-    torch.testing.assert_close(resized, F.interpolate(logits.float(), size=resized.shape[-2:], mode="bilinear"))
 
 
 @pytest.mark.parametrize("variant", ["dinov2-registers-swiglu", "dinov3"])
@@ -91,8 +80,8 @@ def test_sdpa_equals_eager(variant, prob):
     sdpa = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, _attn_implementation="sdpa"))).eval()
     eager = EoMTForUniversalSegmentation(tiny_config(variant, _attn_implementation="eager")).eval()
     eager.load_state_dict(sdpa.state_dict())
-    sdpa.attn_mask_probs.fill_(prob)
-    eager.attn_mask_probs.fill_(prob)
+    sdpa.set_attn_mask_probs(prob)
+    eager.set_attn_mask_probs(prob)
     pixel_values = torch.randn(2, 3, 64, 64)
     a, b = sdpa(pixel_values), eager(pixel_values)
     torch.testing.assert_close(a.masks_queries_logits, b.masks_queries_logits, atol=1e-5, rtol=1e-5)
@@ -146,13 +135,13 @@ def test_drop_path_is_random_in_training_only():
     model.train()
     assert not torch.equal(model(pixel_values).class_queries_logits, model(pixel_values).class_queries_logits)
     model.eval()
-    model.attn_mask_probs.zero_()
+    model.set_attn_mask_probs(0.0)
     assert torch.equal(model(pixel_values).class_queries_logits, model(pixel_values).class_queries_logits)
 
 
 def test_save_and_load_round_trip_with_auto_classes(tmp_path):
     model = perturb_(EoMTForUniversalSegmentation(tiny_config("dinov3"))).eval()
-    model.attn_mask_probs.copy_(torch.tensor([0.25, 0.0]))
+    model.set_attn_mask_probs([0.25, 0.0])
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "eomt_vit"
@@ -163,8 +152,8 @@ def test_save_and_load_round_trip_with_auto_classes(tmp_path):
     assert isinstance(loaded, EoMTForUniversalSegmentation)
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
-    model.attn_mask_probs.zero_()
-    loaded.attn_mask_probs.zero_()
+    model.set_attn_mask_probs(0.0)
+    loaded.set_attn_mask_probs(0.0)
     pixel_values = torch.randn(1, 3, 64, 64)
     assert torch.equal(model(pixel_values).masks_queries_logits, loaded(pixel_values).masks_queries_logits)
 
@@ -286,3 +275,54 @@ def test_vit_small_backbone_has_dinov2_parameter_count():
     backbone = sum(p.numel() for name, p in ours.named_parameters() if not name.startswith("query."))
     # DINOv2 also has a mask token and a class-token position embedding, which EoMT does not use.
     assert backbone == sum(p.numel() for p in dinov2.parameters()) - 2 * 384
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mask-annealing probabilities
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_set_attn_mask_probs_takes_one_value_per_block_or_one_for_all():
+    model = EoMTForUniversalSegmentation(tiny_config())  # 2 masked blocks
+    model.set_attn_mask_probs([0.25, 1.0])
+    assert model.attn_mask_probs.tolist() == [0.25, 1.0]
+    model.set_attn_mask_probs(torch.tensor([0.5, 0.0]))
+    assert model.attn_mask_probs.tolist() == [0.5, 0.0]
+    model.set_attn_mask_probs(0.0)
+    assert model.attn_mask_probs.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "probs, error, message",
+    [
+        ([0.5], ValueError, r"one probability per masked block \(num_blocks=2\) or a single number, got 1 values"),
+        ([0.5, 0.5, 0.5], ValueError, r"num_blocks=2\) or a single number, got 3 values"),
+        ([[0.5, 0.5]], ValueError, r"got 2 values of shape \(1, 2\)"),
+        ([0.5, 1.5], ValueError, r"must lie in \[0, 1\], got \[0.5, 1.5\]"),
+        (-0.1, ValueError, r"must lie in \[0, 1\], got \[-0.1, -0.1\]"),
+        ([float("nan"), 0.0], ValueError, r"must lie in \[0, 1\], got \[nan, 0.0\]"),
+        ("low", TypeError, "must be a number or a sequence of numbers, got 'low'"),
+    ],
+)
+def test_set_attn_mask_probs_rejects_bad_values_and_keeps_the_old_ones(probs, error, message):
+    model = EoMTForUniversalSegmentation(tiny_config())
+    model.set_attn_mask_probs([0.25, 0.75])
+    with pytest.raises(error, match=message):
+        model.set_attn_mask_probs(probs)
+    assert model.attn_mask_probs.tolist() == [0.25, 0.75]
+
+
+@pytest.mark.parametrize("variant", ["dinov2-registers-swiglu", "dinov3"])
+def test_mask_free_model_exports_and_matches_eager(variant, tmp_path):
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant)))
+    model.set_attn_mask_probs(0.0)
+    model.save_pretrained(tmp_path)
+    loaded = EoMTForUniversalSegmentation.from_pretrained(tmp_path)  # the probabilities come from the checkpoint
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval()(pixel_values)
+    exported = torch.export.export(loaded.eval(), (pixel_values,))
+    actual = exported.module()(pixel_values)
+    assert actual.intermediate_masks_queries_logits is None  # the graph is mask-free
+    torch.testing.assert_close(actual.masks_queries_logits, expected.masks_queries_logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(actual.class_queries_logits, expected.class_queries_logits, atol=1e-6, rtol=1e-6)

@@ -28,7 +28,7 @@ REFERENCES = {
 
 
 def max_differences(ours, reference, pixel_values, prob):
-    ours.attn_mask_probs.fill_(prob)
+    ours.set_attn_mask_probs(prob)
     reference.attn_mask_probs.fill_(prob)
     with torch.no_grad():
         a, b = ours(pixel_values), reference(pixel_values)
@@ -74,7 +74,7 @@ def test_encoder_loads_from_transformers_checkpoint(tmp_path):
     reference.save_pretrained(tmp_path)
     encoder = EoMTModel.from_pretrained(tmp_path)
     segmentation = EoMTForUniversalSegmentation.from_pretrained(tmp_path)
-    segmentation.attn_mask_probs.zero_()
+    segmentation.set_attn_mask_probs(0.0)
     pixel_values = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(encoder(pixel_values).last_hidden_state, segmentation(pixel_values).last_hidden_state)
 

@@ -172,7 +172,7 @@ def test_resume_mid_annealing_reproduces_the_uninterrupted_probabilities(tmp_pat
     uninterrupted = make_trainer(tmp_path / "a", MaskAnnealingCallback(starts, ends), max_steps=6, save_steps=3)
     uninterrupted.train()
     resumed = make_trainer(tmp_path / "b", MaskAnnealingCallback(starts, ends), max_steps=6)
-    resumed.model.attn_mask_probs.fill_(1.0)  # whatever the fresh model holds, the checkpoint step decides
+    resumed.model.set_attn_mask_probs(1.0)  # whatever the fresh model holds, the checkpoint step decides
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
     assert len(resumed.used_probabilities) == 3
     assert resumed.used_probabilities == uninterrupted.used_probabilities[3:]

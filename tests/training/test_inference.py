@@ -14,7 +14,7 @@ from training.inference import find_images, output_names, prepare_model, segment
 
 def tiny_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
     model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, num_queries=8, **overrides)), scale=0.5).eval()
-    model.attn_mask_probs.zero_()  # mask-free inference, as after annealing
+    model.set_attn_mask_probs(0.0)  # mask-free inference, as after annealing
     return model
 
 

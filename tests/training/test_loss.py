@@ -258,8 +258,8 @@ def test_equals_the_loss_transformers_eomt_computes_in_its_forward(tmp_path):
     reference = perturb_(EomtForUniversalSegmentation(EomtConfig(**common, num_register_tokens=4, train_num_points=200))).train()
     reference.save_pretrained(tmp_path)
     ours = EoMTForUniversalSegmentation.from_pretrained(tmp_path).train()
-    for model in (reference, ours):
-        model.attn_mask_probs.copy_(torch.tensor([1.0, 0.5]))  # the random per-query draws coincide too
+    reference.attn_mask_probs.copy_(torch.tensor([1.0, 0.5]))  # the random per-query draws coincide too
+    ours.set_attn_mask_probs([1.0, 0.5])
     pixel_values = torch.randn(2, 3, 64, 64)
     mask_labels, class_labels = random_targets([3, 2], 64, 64, seed=12)
 

@@ -173,8 +173,7 @@ def demo_trainer(
     augmentation = AugmentationConfig(input_size=recipe.image_size, scale_range=recipe.scale_range, color_jitter=False)
     train_dataset = make_train_dataset(source, seed=seed, augmentation=augmentation)
     model = demo_model(recipe, info, seed)
-    with torch.no_grad():
-        model.attn_mask_probs.fill_(variant.initial_probability)
+    model.set_attn_mask_probs(variant.initial_probability)
     args = recipe_training_arguments(
         str(output_dir), learning_rate=recipe.learning_rate, per_device_train_batch_size=recipe.batch_size,
         per_device_eval_batch_size=16, max_steps=recipe.steps, logging_steps=max(1, recipe.steps // 100),

@@ -28,9 +28,9 @@ def test_cli_converts_original_then_exports_to_transformers(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "transformers"), str(tmp_path / "back")]) == 0  # auto-detected
     back = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "back").eval()
     pixel_values = torch.randn(1, 3, 64, 64)
-    for other in (reference, back, source):
-        other.attn_mask_probs.zero_()
-    model.attn_mask_probs.zero_()
+    reference.attn_mask_probs.zero_()  # transformers' model
+    for other in (model, back, source):
+        other.set_attn_mask_probs(0.0)
     with torch.no_grad():
         expected = source(pixel_values).masks_queries_logits
         for other in (model, reference, back):

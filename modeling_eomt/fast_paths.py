@@ -1,0 +1,183 @@
+"""Faster ways to compute parts of the EoMT forward pass: pure functions, each equal to a plain computation up to float
+rounding (tests/modeling/test_fast_paths.py checks every one against it).
+
+- Attention: `attention` picks the kernel (`prefers_matmul_attention` is the one place that decides), attends the
+  masked query rows apart from the others (`sdpa_with_query_mask`), or uses two matmuls per group of heads
+  (`attention_by_matmuls`) where SDPA has no fast half-precision kernel.
+- Mask logits: `compute_mask_logits` is the query-pixel product as one batched matmul over channels-last features;
+  `band_rows`, `upscale_bands`, `forward_in_bands` and `mask_logits_in_bands` upscale large maps band by band at
+  inference on CPU; `mask_logits_on_grid` resizes mask logits to the patch grid for masked attention.
+
+Why each is faster, and by how much on which machine: docs/benchmarks/fast-paths.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# `attention_by_matmuls` handles as many heads at once as keep their attention logits within this many bytes (at
+# least one head): small enough for the allocator to reuse the blocks freed by the previous chunk instead of mapping
+# fresh pages for every chunk.
+ATTENTION_CHUNK_BYTES = 4 * 2**20
+
+# Inference on CPU upscales a map in bands of about this many output bytes once its output exceeds four times as
+# many (`band_rows`).
+UPSCALE_BAND_BYTES = 8 * 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def prefers_matmul_attention(query: Tensor, training: bool = False) -> bool:
+    """Whether `attention` computes `query`'s attention with `attention_by_matmuls` instead of SDPA: at inference in
+    bfloat16 / float16 on CPU, where SDPA's flash-attention kernel runs no faster than in float32 while the matmuls
+    run at the half-precision matmul rate. In training SDPA stays (`attention_by_matmuls` has no dropout)."""
+    return not training and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
+
+
+def attention(
+    query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, dropout: float = 0.0, training: bool = False
+) -> Tensor:
+    """`softmax(q k^T / sqrt(D)) v` with dropout, the first Q query rows masked by `query_mask` if given.
+
+    Args:
+        query, key, value: `(B, heads, T, D)`.
+        query_mask: `(B, Q, T)` bool, True = may attend, for the first Q query rows, or None.
+    Returns:
+        `(B, heads, T, D)`, possibly a view of a `(B, T, heads, D)` tensor.
+    """
+    if prefers_matmul_attention(query, training):
+        return attention_by_matmuls(query, key, value, query_mask, query.shape[-1] ** -0.5)
+    if query_mask is None:
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+    return sdpa_with_query_mask(query, key, value, query_mask, dropout)
+
+
+def sdpa_with_query_mask(query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor, dropout: float = 0.0) -> Tensor:
+    """SDPA with the first Q query rows masked by `query_mask` `(B, Q, T)`: those rows are attended with the mask and
+    every other row on the mask-free path, which can use the fused kernels that an explicit mask rules out.
+
+    Returns `(B, heads, T, D)`, a view of a `(B, T, heads, D)` tensor (the layout the output projection reads)."""
+    num_queries = query_mask.shape[1]
+    masked = F.scaled_dot_product_attention(
+        query[:, :, :num_queries], key, value, attn_mask=query_mask[:, None], dropout_p=dropout
+    )
+    free = F.scaled_dot_product_attention(query[:, :, num_queries:], key, value, dropout_p=dropout)
+    return torch.cat((masked.transpose(1, 2), free.transpose(1, 2)), dim=1).transpose(1, 2)
+
+
+def attention_by_matmuls(query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, scale: float) -> Tensor:
+    """`softmax(q k^T * scale) v` with two matmuls per group of heads (logits of at most `ATTENTION_CHUNK_BYTES`).
+
+    Args:
+        query, key, value: `(B, heads, T, D)`.
+        query_mask: `(B, Q, T)` bool, True = may attend, for the first Q query rows, or None.
+    Returns:
+        `(B, heads, T, D)`, a view of a `(B, T, heads, D)` tensor.
+    """
+    batch, heads, tokens, _ = query.shape
+    heads_per_chunk = max(1, ATTENTION_CHUNK_BYTES // (batch * tokens * key.shape[2] * query.element_size()))
+    blocked = None if query_mask is None else ~query_mask[:, None]  # (B, 1, Q, T)
+    query = query * scale
+    outputs = []
+    for start in range(0, heads, heads_per_chunk):
+        chunk = slice(start, start + heads_per_chunk)
+        logits = query[:, chunk] @ key[:, chunk].transpose(-1, -2)  # (B, h, T, T)
+        if blocked is not None:
+            logits[:, :, : blocked.shape[2]].masked_fill_(blocked, float("-inf"))
+        outputs.append((logits.softmax(dim=-1) @ value[:, chunk]).transpose(1, 2))  # (B, T, h, D)
+    return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mask logits
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def compute_mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Tensor | None = None) -> Tensor:
+    """`einsum("bqc,bchw->bqhw")` of `(B, Q, C)` embeddings and channels-last `(B, C, H, W)` features, flattened to
+    `(B, Q, H * W)`: one batched matmul that reads the features in place, into `out` if given."""
+    pixel_rows = pixel_features.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H * W, C), a view
+    if out is None:
+        return torch.bmm(mask_embeddings, pixel_rows.transpose(1, 2))
+    return torch.bmm(mask_embeddings.to(out.dtype), pixel_rows.transpose(1, 2).to(out.dtype), out=out)
+
+
+def band_rows(pixel_features: Tensor) -> int | None:
+    """Input rows per band for a 2x upscaling of `pixel_features` `(B, C, h, w)`, or None to upscale the whole map.
+
+    Bands are used on CPU without gradients once the output exceeds `4 * UPSCALE_BAND_BYTES`: each full-size
+    activation of such a map would be fresh memory that the OS maps page by page, while a band's fits in blocks the
+    allocator reuses. A band holds about `UPSCALE_BAND_BYTES` of output, at least 8 input rows."""
+    batch, channels, height, width = pixel_features.shape
+    row_bytes = batch * channels * 4 * width * pixel_features.element_size()  # output bytes per input row
+    large = height * row_bytes > 4 * UPSCALE_BAND_BYTES
+    if torch.is_grad_enabled() or pixel_features.device.type != "cpu" or not large:
+        return None
+    return max(8, UPSCALE_BAND_BYTES // row_bytes)
+
+
+def upscale_bands(
+    upscale: Callable[[Tensor], Tensor], hidden_states: Tensor, rows: int
+) -> Iterator[tuple[int, int, Tensor]]:
+    """`upscale(hidden_states)` on bands of `rows` input rows: yields `(start, stop, output rows 2 * start to
+    2 * stop)`.
+
+    `upscale` must be a 2x upscaling whose output rows depend on the input rows at most one away (EoMT's upscale
+    block: a 2x2 stride-2 transposed convolution, a 3x3 convolution and per-pixel operations). Each band is computed
+    with one halo row per side, whose outputs are dropped, so no activation is larger than a band."""
+    height = hidden_states.shape[-2]
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
+        low, high = max(start - 1, 0), min(stop + 1, height)
+        band = upscale(hidden_states[:, :, low:high])  # (B, C, 2 * (high - low), 2w)
+        yield start, stop, band[:, :, 2 * (start - low) : 2 * (stop - low)]
+
+
+def forward_in_bands(upscale: Callable[[Tensor], Tensor], hidden_states: Tensor, rows: int) -> Tensor:
+    """`upscale(hidden_states)` assembled from `upscale_bands`."""
+    return torch.cat([band for _, _, band in upscale_bands(upscale, hidden_states, rows)], dim=2)
+
+
+def mask_logits_in_bands(
+    mask_embeddings: Tensor, upscale: Callable[[Tensor], Tensor], pixel_features: Tensor, rows: int
+) -> Tensor:
+    """`(B, Q, 2h, 2w)` mask logits of `mask_embeddings` `(B, Q, C)` and `upscale(pixel_features)`, computed band by
+    band (`upscale_bands`) straight into the output: no full-size feature map and no concatenation."""
+    batch, _, height, width = pixel_features.shape
+    dtype = mask_embeddings.dtype  # what bmm would return: autocast's dtype under autocast
+    if torch.is_autocast_enabled(mask_embeddings.device.type):
+        dtype = torch.get_autocast_dtype(mask_embeddings.device.type)
+    mask_logits = mask_embeddings.new_empty(batch, mask_embeddings.shape[1], 4 * height * width, dtype=dtype)
+    for start, stop, features in upscale_bands(upscale, pixel_features, rows):  # (B, C, 2 (stop - start), 2w)
+        band = mask_logits[:, :, 4 * start * width : 4 * stop * width]  # output rows 2 start .. 2 stop
+        compute_mask_logits(mask_embeddings, features, out=band)
+    return mask_logits.unflatten(2, (2 * height, 2 * width))
+
+
+def mask_logits_on_grid(mask_logits: Tensor, grid: tuple[int, int]) -> Tensor:
+    """`F.interpolate(mask_logits, size=grid, mode="bilinear", align_corners=False)` in float32: `(B, Q, H, W)` mask
+    logits resized to the patch grid `(h, w)`.
+
+    The upscale blocks make `H, W` an even multiple `s` of the grid, and then grid cell `(i, j)` samples the input at
+    `(s * i + s / 2 - 1/2, s * j + s / 2 - 1/2)`: the mean of the 2 x 2 logits in the middle of its `s x s` block,
+    read here through strided views (F.interpolate copies the whole map first). Other sizes go through
+    F.interpolate."""
+    height, width = mask_logits.shape[-2:]
+    scale = height // grid[0]
+    if (height, width) == tuple(grid):
+        return mask_logits.float()
+    if scale % 2 or (height, width) != (grid[0] * scale, grid[1] * scale):
+        return F.interpolate(mask_logits.float(), size=grid, mode="bilinear", align_corners=False)
+    first = scale // 2 - 1  # the upper / left of the two middle rows / columns of a block
+
+    def corner(row: int, column: int) -> Tensor:  # (B, Q, h, w)
+        return mask_logits[..., first + row :: scale, first + column :: scale].float()
+
+    return ((corner(0, 0) + corner(0, 1)) + (corner(1, 0) + corner(1, 1))) * 0.25

@@ -1,0 +1,137 @@
+"""Each fast path in `modeling_eomt.fast_paths` equals the plain computation it replaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_eomt import EoMTForUniversalSegmentation, fast_paths
+from modeling_eomt.fast_paths import (
+    attention,
+    attention_by_matmuls,
+    band_rows,
+    compute_mask_logits,
+    forward_in_bands,
+    mask_logits_in_bands,
+    mask_logits_on_grid,
+    prefers_matmul_attention,
+    sdpa_with_query_mask,
+)
+from tests.modeling.helpers import perturb_, tiny_config
+
+
+def random_attention_inputs(batch=2, heads=3, tokens=23, head_dim=8, num_queries=5):
+    query, key, value = torch.randn(3, batch, heads, tokens, head_dim).unbind(0)
+    query_mask = torch.rand(batch, num_queries, tokens) > 0.4
+    query_mask[..., 0] = True  # every query row attends to something, as in the model (queries and prefix tokens)
+    return query, key, value, query_mask
+
+
+def plain_attention(query, key, value, query_mask):
+    """SDPA with the query mask spread over a full `(B, 1, T, T)` mask (the other rows attend everywhere)."""
+    full_mask = None
+    if query_mask is not None:
+        full_mask = torch.ones(query.shape[0], 1, query.shape[2], key.shape[2], dtype=torch.bool)
+        full_mask[:, 0, : query_mask.shape[1]] = query_mask
+    return F.scaled_dot_product_attention(query.float(), key.float(), value.float(), attn_mask=full_mask)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [2**20, 1])  # all heads at once, one head at a time
+def test_attention_by_matmuls_equals_sdpa(masked, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(fast_paths, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+    query, key, value, query_mask = random_attention_inputs()
+    query_mask = query_mask if masked else None
+    expected = plain_attention(query, key, value, query_mask)
+    actual = attention_by_matmuls(query, key, value, query_mask, scale=query.shape[-1] ** -0.5)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_with_query_mask_equals_sdpa_with_the_full_mask():
+    query, key, value, query_mask = random_attention_inputs()
+    actual = sdpa_with_query_mask(query, key, value, query_mask)
+    torch.testing.assert_close(actual, plain_attention(query, key, value, query_mask), atol=1e-6, rtol=1e-6)
+
+
+def test_matmul_attention_is_chosen_for_half_precision_inference_on_cpu_only():
+    query = torch.randn(1, 2, 4, 8)
+    assert not prefers_matmul_attention(query)
+    assert prefers_matmul_attention(query.bfloat16())
+    assert prefers_matmul_attention(query.half())
+    assert not prefers_matmul_attention(query.bfloat16(), training=True)  # no dropout in attention_by_matmuls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_follows_the_kernel_choice_and_equals_plain_attention(dtype, masked, monkeypatch):
+    query, key, value, query_mask = random_attention_inputs()
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    query_mask = query_mask if masked else None
+    calls = []
+    original = fast_paths.attention_by_matmuls
+    monkeypatch.setattr(fast_paths, "attention_by_matmuls", lambda *args: calls.append(1) or original(*args))
+    actual = attention(query, key, value, query_mask)
+    assert len(calls) == (dtype == torch.bfloat16)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    expected = plain_attention(query, key, value, query_mask)
+    torch.testing.assert_close(actual.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_compute_mask_logits_is_the_query_pixel_product():
+    embeddings = torch.randn(2, 5, 8)
+    features = torch.randn(2, 8, 6, 7).contiguous(memory_format=torch.channels_last)
+    expected = torch.einsum("bqc,bchw->bqhw", embeddings, features).flatten(2)
+    torch.testing.assert_close(compute_mask_logits(embeddings, features), expected, atol=1e-5, rtol=1e-5)
+    out = torch.empty(2, 5, 42)
+    assert compute_mask_logits(embeddings, features, out=out) is out
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def upscale_block():
+    """An EoMT upscale block with random weights, in eval mode."""
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config())).eval()
+    return model.upscale_blocks[0]
+
+
+@pytest.mark.parametrize("height, rows", [(7, 3), (8, 8), (9, 2), (5, 9)])
+def test_upscale_in_bands_equals_whole_map(height, rows):
+    block = upscale_block()
+    features = torch.randn(2, 32, height, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_in_bands(block, features, rows), block(features), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("height, rows", [(7, 3), (8, 8), (5, 9)])
+def test_mask_logits_in_bands_equal_the_product_with_the_whole_upscaled_map(height, rows):
+    block = upscale_block()
+    embeddings = torch.randn(2, 5, 32)
+    features = torch.randn(2, 32, height, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.einsum("bqc,bchw->bqhw", embeddings, block(features))
+        actual = mask_logits_in_bands(embeddings, block, features, rows)
+    assert actual.shape == (2, 5, 2 * height, 12)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bands_are_used_for_large_maps_on_cpu_without_gradients_only(monkeypatch):
+    monkeypatch.setattr(fast_paths, "UPSCALE_BAND_BYTES", 1024)
+    large = torch.randn(1, 8, 64, 4)  # 512 bytes of float32 output per input row, 32 KiB in all
+    small = torch.randn(1, 8, 1, 1)  # 128 bytes of output
+    with torch.no_grad():
+        assert band_rows(large) == 8  # at least 8 input rows, even where a band then holds more than 1024 bytes
+        assert band_rows(torch.randn(1, 1, 512, 1)) == 64  # 16 bytes a row: 1024 bytes are 64 rows
+        assert band_rows(small) is None
+        assert band_rows(large.to("meta")) is None  # not on CPU
+    assert band_rows(large) is None  # gradients enabled: whole maps
+
+
+@pytest.mark.parametrize("scale, grid", [(1, (4, 4)), (2, (3, 5)), (4, (4, 4)), (4, (5, 3)), (8, (2, 3)), (3, (4, 4))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_logits_on_grid_is_bilinear_resizing(scale, grid, dtype):
+    logits = torch.randn(2, 7, grid[0] * scale, grid[1] * scale).to(dtype)
+    expected = F.interpolate(logits.float(), size=grid, mode="bilinear", align_corners=False)
+    resized = mask_logits_on_grid(logits, grid)
+    assert resized.dtype == torch.float32 and resized.shape == (2, 7, *grid)
+    torch.testing.assert_close(resized, expected, atol=1e-6, rtol=0)
+    resized = mask_logits_on_grid(logits, (grid[0] * scale // 2 + 1, 5))  # not a multiple: F.interpolate
+    torch.testing.assert_close(resized, F.interpolate(logits.float(), size=resized.shape[-2:], mode="bilinear"))
