@@ -1,6 +1,6 @@
 """Speed and memory of this package's EoMT against transformers' `EomtForUniversalSegmentation`, side by side.
 
-Both models are built in one process with the same random weights (converted with `modeling_eomt.conversion`), checked
+Both models are built in one process with the same random weights (converted with `modeling_eomt.checkpoints`), checked
 to give the same outputs, and timed interleaved (ours, theirs, theirs, ours, ...) so that background load hits both
 alike; the ratios ours / transformers are medians of per-repetition ratios, with their interquartile range.
 
@@ -42,7 +42,7 @@ from benchmarks.measure import (
 )
 from benchmarks.options import add_benchmark_arguments
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
-from modeling_eomt.conversion import config_to_transformers_eomt, state_dict_to_transformers_eomt
+from modeling_eomt.checkpoints import config_to_transformers_eomt, state_dict_to_transformers_eomt
 
 NUM_LABELS = 133  # COCO panoptic
 

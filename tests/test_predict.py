@@ -18,10 +18,10 @@ from pycocotools.coco import COCO
 
 from image_processing import EoMTImageProcessor, rgb_to_id
 from modeling_eomt import EoMTForUniversalSegmentation
-from modeling_eomt.conversion import save_as_transformers_eomt
+from modeling_eomt.checkpoints import save_as_transformers_eomt
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
 from tests.modeling.helpers import perturb_, tiny_config
-from tests.modeling.test_original_conversion import original_state_dict, source_model
+from tests.modeling.checkpoints.references import original_state_dict, source_model
 from tests.training.helpers import single_thread  # noqa: F401 (fixture)
 from training.cli import main
 from training.predict import find_images, output_names, prepare_model, segment_areas_and_boxes

@@ -46,10 +46,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from modeling_eomt.conversion import convert_checkpoint
+    from modeling_eomt import EoMTForUniversalSegmentation
+    from modeling_eomt.checkpoints import convert_checkpoint
 
     model = convert_checkpoint(
-        args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset,
+        EoMTForUniversalSegmentation, args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset,
         **conversion_overrides(args),
     )
     config = model.config
@@ -65,7 +66,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:
-    """The options of `modeling_eomt.conversion.load_checkpoint`: head count and input size of the authors' original
+    """The options of `modeling_eomt.checkpoints.load_checkpoint`: head count and input size of the authors' original
     checkpoints (help prefixed with `original_only`), class names, the base of DINOv3 delta weights."""
     parser.add_argument("--num-heads", type=int,
                         help=f"{original_only}attention heads (default: width / 64, as in DINOv2/DINOv3)")  # fmt: skip

@@ -1,0 +1,79 @@
+"""The package's entry points: format detection, `load_checkpoint` / `convert_checkpoint` and `eomt convert`."""
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForUniversalSegmentation, EomtForUniversalSegmentation
+
+from modeling_eomt import EoMTForUniversalSegmentation
+from modeling_eomt.checkpoints import save_as_transformers_eomt
+from tests.modeling.checkpoints.references import original_state_dict, save_checkpoint, source_model
+from training.cli import main
+
+
+def test_cli_converts_original_then_exports_to_transformers(tmp_path, capsys):
+    source = source_model("dinov2-registers", num_labels=19)
+    path = save_checkpoint(original_state_dict(source), tmp_path, "bin")
+    assert main(["convert", str(path), str(tmp_path / "ours"), "--dataset", "cityscapes"]) == 0
+    assert "hidden 64, 3 layers, 1 heads, 4 registers" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "eomt_vit"
+    model = AutoModelForUniversalSegmentation.from_pretrained(tmp_path / "ours").eval()
+    assert isinstance(model, EoMTForUniversalSegmentation) and model.config.id2label[10] == "sky"
+
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "transformers"), "--to", "transformers"]) == 0
+    reference = EomtForUniversalSegmentation.from_pretrained(tmp_path / "transformers").eval()
+    assert main(["convert", str(tmp_path / "transformers"), str(tmp_path / "back")]) == 0  # auto-detected
+    back = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "back").eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    for other in (reference, back, source):
+        other.attn_mask_probs.zero_()
+    model.attn_mask_probs.zero_()
+    with torch.no_grad():
+        expected = source(pixel_values).masks_queries_logits
+        for other in (model, reference, back):
+            torch.testing.assert_close(other(pixel_values).masks_queries_logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_original_directory_and_bad_source(tmp_path, capsys):
+    (tmp_path / "repo").mkdir()
+    save_checkpoint(original_state_dict(source_model("dinov3")), tmp_path / "repo", "bin")
+    assert main(["convert", str(tmp_path / "repo"), str(tmp_path / "out"), "--image-size", "512"]) == 0
+    assert EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out").config.image_size == 512
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")]) == 1  # one line, no traceback
+    assert re.match(r"error: .*empty: neither a config\.json nor a pytorch_model\.bin", capsys.readouterr().err)
+    with pytest.raises(ValueError, match=r"empty: neither a config\.json nor a pytorch_model\.bin"):
+        main(["--debug", "convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")])
+
+
+def test_original_weights_next_to_a_transformers_config(tmp_path):
+    """A Hub-style directory with transformers' config.json but the authors' original `pytorch_model.bin`."""
+    source = source_model("dinov2-registers")
+    save_as_transformers_eomt(source, tmp_path / "repo")
+    (tmp_path / "repo" / "model.safetensors").unlink()
+    save_checkpoint(original_state_dict(source), tmp_path / "repo", "bin")
+    with pytest.raises(ValueError, match=r"the authors' original ones \(`network\.` keys\).*eomt convert"):
+        EoMTForUniversalSegmentation.from_pretrained(tmp_path / "repo")
+    assert main(["convert", str(tmp_path / "repo"), str(tmp_path / "out"), "--from", "original"]) == 0
+    converted = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(value, converted.state_dict()[key]) for key, value in source.state_dict().items())
+
+
+def test_checkpoint_format_of_files_directories_and_hub_ids(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    from modeling_eomt.checkpoints import detect_checkpoint_format
+
+    source = source_model("dinov2-registers")
+    assert detect_checkpoint_format(save_checkpoint(original_state_dict(source), tmp_path, "ckpt")) == "original"
+    source.save_pretrained(tmp_path / "ours")
+    save_as_transformers_eomt(source, tmp_path / "transformers")
+    assert detect_checkpoint_format(tmp_path / "ours") == "ours"
+    assert detect_checkpoint_format(tmp_path / "transformers") == "transformers"
+    assert detect_checkpoint_format("tue-mps/coco_panoptic_eomt_large_640") == "hub"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path / "dino")
+    with pytest.raises(ValueError, match=r"model_type 'dinov2' is not an EoMT checkpoint .*eomt train --backbone"):
+        detect_checkpoint_format(tmp_path / "dino")
