@@ -50,8 +50,8 @@ def _convert(args: argparse.Namespace) -> int:
     from modeling_eomt.checkpoints import convert_checkpoint
 
     model = convert_checkpoint(
-        EoMTForUniversalSegmentation, args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset,
-        **conversion_overrides(args),
+        EoMTForUniversalSegmentation, args.source, args.output, args.source_format, args.target_format,
+        args.delta_base, args.dataset, **conversion_overrides(args),
     )
     config = model.config
     backbone = "DINOv3" if config.position_embedding_type == "rope" else "DINOv2"

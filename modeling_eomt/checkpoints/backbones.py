@@ -98,12 +98,10 @@ def load_backbone(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> tuple[d
     """State dict and config dict of a transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT checkpoint: a local
     `save_pretrained` directory (safetensors or `pytorch_model.bin`, possibly sharded) or a Hub repo id."""
     directory = resolve_model_files(name_or_path, **hub_kwargs)
-    config = read_config_dict(directory)
-    if config.get("model_type") not in BACKBONE_MODEL_TYPES:
-        raise ValueError(
-            f"{directory}: unsupported backbone model_type {config.get('model_type')!r}: "
-            f"expected one of {BACKBONE_MODEL_TYPES}"
-        )
+    try:
+        config = backbone_config_dict(read_config_dict(directory))
+    except ValueError as error:
+        raise ValueError(f"{directory}: {error}") from error
     return load_state_dict_from_directory(directory), config
 
 
