@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from benchmarks.measure import cpu_clock, time_interleaved
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
-from modeling_eomt.conversion import config_to_transformers_eomt, state_dict_to_transformers_eomt
+from modeling_eomt.checkpoints import config_to_transformers_eomt, state_dict_to_transformers_eomt
 
 NUM_LABELS = 133  # COCO panoptic
 

@@ -27,6 +27,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from . import fast_paths
+from .checkpoints import check_loading_info, interpolate_position_embeddings, load_transformers_eomt
 from .configuration_eomt import EoMTConfig
 
 
@@ -99,18 +100,6 @@ class EoMTForUniversalSegmentationOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 # Embeddings
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def interpolate_position_embeddings(
-    position_embeddings: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = False
-) -> Tensor:
-    """Bicubically resample patch position embeddings `(1, old_h * old_w, C)` to `(1, new_h * new_w, C)` (in fp32)."""
-    if tuple(old_grid) == tuple(new_grid):
-        return position_embeddings
-    dim = position_embeddings.shape[-1]
-    grid = position_embeddings.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
-    return grid.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
 
 
 class EoMTEmbeddings(nn.Module):
@@ -432,19 +421,13 @@ class EoMTPreTrainedModel(PreTrainedModel):
         queries) may be missing or of another shape (e.g. `num_labels` changed for fine-tuning) and are initialised
         afresh.
         """
-        from .conversion import check_loading_info, foreign_config_dict, load_transformers_eomt
-
         output_loading_info = kwargs.pop("output_loading_info", False)
-        hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
-        config_dict = None if "config" in kwargs else foreign_config_dict(pretrained_model_name_or_path, **hub_kwargs)
-        if config_dict is not None:
-            model, info = load_transformers_eomt(cls, pretrained_model_name_or_path, config_dict, **kwargs)
-        else:
+        loaded = None if "config" in kwargs else load_transformers_eomt(cls, pretrained_model_name_or_path, **kwargs)
+        if loaded is None:
             kwargs["ignore_mismatched_sizes"] = True  # mismatches are reported by check_loading_info below
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        check_loading_info(cls, info, str(pretrained_model_name_or_path), reinitialize_heads)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        model, info = loaded
+        check_loading_info(model, info, str(pretrained_model_name_or_path), reinitialize_heads)
         return (model, info) if output_loading_info else model
 
     @torch.no_grad()

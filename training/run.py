@@ -54,9 +54,10 @@ def build_model(settings: TrainSettings, info: DatasetInfo, image_size: int) -> 
     if settings.size is not None:
         return EoMTForUniversalSegmentation(EoMTConfig.from_size(settings.size, **new_model_config(settings, info, image_size)))
     if settings.backbone is not None:
-        from modeling_eomt.backbone_init import init_from_backbone
+        from modeling_eomt.checkpoints import init_from_backbone
 
-        return init_from_backbone(settings.backbone, **new_model_config(settings, info, image_size))
+        fields = new_model_config(settings, info, image_size)
+        return init_from_backbone(EoMTForUniversalSegmentation, settings.backbone, **fields)
     config = EoMTConfig.from_pretrained(settings.checkpoint)
     if config.num_labels != info.num_labels:
         if not settings.reinitialize_heads:

@@ -52,7 +52,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:
-    """The options of `modeling_eomt.conversion.load_checkpoint`: head count and input size of the authors' original
+    """The options of `modeling_eomt.checkpoints.load_checkpoint`: head count and input size of the authors' original
     checkpoints (help prefixed with `original_only`), class names, the base of DINOv3 delta weights."""
     parser.add_argument("--num-heads", type=int,
                         help=f"{original_only}attention heads (default: width / 64, as in DINOv2/DINOv3)")  # fmt: skip

@@ -18,11 +18,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modeling_eomt.conversion import convert_checkpoint
+    from modeling_eomt import EoMTForUniversalSegmentation
+    from modeling_eomt.checkpoints import convert_checkpoint
 
     model = convert_checkpoint(
-        args.source, args.output, args.source_format, args.target_format, args.delta_base, args.dataset,
-        **conversion_overrides(args),
+        EoMTForUniversalSegmentation, args.source, args.output, args.source_format, args.target_format,
+        args.delta_base, args.dataset, **conversion_overrides(args),
     )  # fmt: skip
     config = model.config
     backbone = "DINOv3" if config.position_embedding_type == "rope" else "DINOv2"

@@ -69,15 +69,16 @@ def _looks_like_local_path(source: str) -> bool:
 
 
 def load_model(source: str, delta_base: str | None = None, dataset: str | None = None, **overrides: Any):
-    """An `EoMTForUniversalSegmentation` (eval mode) from a checkpoint in any format (`conversion.load_checkpoint`);
+    """An `EoMTForUniversalSegmentation` (eval mode) from a checkpoint in any format (`checkpoints.load_checkpoint`);
     any failure is an `InputError` naming `source`."""
-    from modeling_eomt.conversion import load_checkpoint
+    from modeling_eomt import EoMTForUniversalSegmentation
+    from modeling_eomt.checkpoints import load_checkpoint
     from training.inference import first_line
 
     if not Path(source).exists() and _looks_like_local_path(source):
         raise InputError(f"{source}: no such model file or directory")
     try:
-        return load_checkpoint(source, delta_base=delta_base, dataset=dataset, **overrides)
+        return load_checkpoint(EoMTForUniversalSegmentation, source, delta_base=delta_base, dataset=dataset, **overrides)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         message = first_line(error)
         raise InputError(message if source in message else f"{source}: {message}") from None

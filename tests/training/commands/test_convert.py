@@ -1,4 +1,4 @@
-"""`eomt convert`: the authors' original checkpoints (synthetic ones, `tests/modeling/test_original_conversion.py`)
+"""`eomt convert`: the authors' original checkpoints (synthetic ones, `tests/modeling/checkpoints/references.py`)
 to this package's format and on to transformers' and back, and a bad source as one line."""
 
 import json
@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForUniversalSegmentation, EomtForUniversalSegmentation
 
 from modeling_eomt import EoMTForUniversalSegmentation
-from modeling_eomt.conversion import save_as_transformers_eomt
-from tests.modeling.test_original_conversion import original_state_dict, save_checkpoint, source_model
+from modeling_eomt.checkpoints import save_as_transformers_eomt
+from tests.modeling.checkpoints.references import original_state_dict, save_checkpoint, source_model
 from training.commands import main
 
 

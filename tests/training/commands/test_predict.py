@@ -19,10 +19,10 @@ from pycocotools.coco import COCO
 
 from image_processing import EoMTImageProcessor, rgb_to_id
 from modeling_eomt import EoMTForUniversalSegmentation
-from modeling_eomt.conversion import save_as_transformers_eomt
+from modeling_eomt.checkpoints import save_as_transformers_eomt
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
+from tests.modeling.checkpoints.references import original_state_dict, source_model
 from tests.modeling.helpers import perturb_
-from tests.modeling.test_original_conversion import original_state_dict, source_model
 from tests.training.helpers import single_thread  # noqa: F401 (fixture)
 from tests.training.test_inference import tiny_model
 from training.commands import main

@@ -1,25 +1,71 @@
-"""The authors' original checkpoints (`network.` keys, timm DINOv2 / renamed transformers DINOv3 backbones).
+"""Reference checkpoints for the checkpoint-format tests, built with transformers' own classes or written key by key.
 
-No real checkpoint can be downloaded here, so the tests write synthetic ones with the authors' key names and shapes:
-the values come from one of our tiny models, mapped by the explicit table in `original_state_dict` (written from the
-authors' `models/eomt.py`, `models/vit.py`, `models/scale_block.py` and timm's `vision_transformer.py`, not from the
-converter). Besides comparing with the source model, the converted model is compared with a direct evaluation of the
+transformers' DINOv2 / DINOv2-with-registers / DINOv3 backbones are tiny random models saved with `save_pretrained`.
+No original checkpoint of the authors can be downloaded here, so `original_state_dict` writes synthetic ones with the
+authors' key names and shapes: the values come from one of our tiny models, mapped by an explicit table written from
+the authors' `models/eomt.py`, `models/vit.py`, `models/scale_block.py` and timm's `vision_transformer.py`, not from
+the converter. Besides comparing with the source model, a converted model is compared with a direct evaluation of the
 original tensors following the authors' forward pass (`authors_forward`).
 """
 
-import argparse
-
-import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
-from transformers import DINOv3ViTConfig, DINOv3ViTModel
+from transformers import DINOv3ViTConfig, DINOv3ViTModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
-from modeling_eomt.conversion import convert_original_checkpoint
-from modeling_eomt.labels import DATASET_CLASSES
 from tests.modeling.helpers import perturb_
+
+# ----------------------------------------------------------------------------------------------------------------------
+# transformers' backbones
+# ----------------------------------------------------------------------------------------------------------------------
+
+TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2)
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial values everywhere (layer scales, norms, biases and tokens are constant at init)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param) * 0.2 + (1.0 if param.ndim == 1 and param.numel() == 32 else 0.0))
+    return model.eval()
+
+
+def save(model: torch.nn.Module, tmp_path) -> str:
+    path = tmp_path / "backbone"
+    model.save_pretrained(path)
+    return str(path)
+
+
+def dinov2(registers: bool, image_size: int) -> torch.nn.Module:
+    if registers:
+        config = Dinov2WithRegistersConfig(**TINY, image_size=image_size, patch_size=14, num_register_tokens=2, use_swiglu_ffn=True)
+        return randomise(Dinov2WithRegistersModel(config))
+    return randomise(Dinov2Model(Dinov2Config(**TINY, image_size=image_size, patch_size=14)))
+
+
+def hidden_states(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return model(pixel_values, output_hidden_states=True).hidden_states
+
+
+
+def patchwise_resize(pixel_values: torch.Tensor, patch: int, new_patch: int) -> torch.Tensor:
+    """Resize every `patch` x `patch` tile to `new_patch` x `new_patch` on its own (bicubic, antialiased): the input
+    for which FlexiViT's resized kernel reproduces the original patch embeddings."""
+    batch, channels, height, width = pixel_values.shape
+    rows, cols = height // patch, width // patch
+    tiles = pixel_values.reshape(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    tiles = F.interpolate(tiles.reshape(-1, channels, patch, patch), size=(new_patch, new_patch), mode="bicubic", antialias=True)
+    tiles = tiles.reshape(batch, rows, cols, channels, new_patch, new_patch).permute(0, 3, 1, 4, 2, 5)
+    return tiles.reshape(batch, channels, rows * new_patch, cols * new_patch)
+
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The authors' original checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
 
 BACKBONE = "network.encoder.backbone."
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -281,149 +327,3 @@ def save_checkpoint(state: dict[str, Tensor], path, kind: str):
     save_file({key: value.contiguous() for key, value in state.items()}, path / "model.safetensors")
     return path / "model.safetensors"
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Conversion
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("variant, kind", [
-    ("dinov2-registers", "bin"), ("dinov2-class-position", "ckpt"), ("dinov2-swiglu", "bin"), ("dinov3", "ckpt"),
-    ("dinov3-gated", "safetensors"),
-])  # fmt: skip
-def test_converts_original_checkpoint(tmp_path, variant, kind):
-    source = source_model(variant)
-    state = original_state_dict(source)
-    model = convert_original_checkpoint(save_checkpoint(state, tmp_path, kind), tmp_path / "converted")
-
-    config, expected = model.config, source.config
-    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_register_tokens", "patch_size",
-                 "num_queries", "num_labels", "num_blocks", "num_upscale_blocks", "ffn_type", "ffn_hidden_size",
-                 "position_embedding_type", "qkv_bias", "key_bias", "layer_norm_eps"):  # fmt: skip
-        assert getattr(config, name) == getattr(expected, name), name
-    assert config.image_size == (640 if variant.startswith("dinov3") else expected.image_size)  # RoPE stores no grid
-    for key, value in source.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[key], value, atol=1e-6, rtol=0, msg=key)  # class position: +-
-
-    images = torch.rand(2, 3, expected.image_size, expected.image_size)  # timm's DINOv2 runs at its stored grid only
-    backbone = TransformersDinov3Backbone(state, config) if variant.startswith("dinov3") else TimmBackbone(state, 1)
-    differences = max_differences(model, state, backbone, images)
-    print(variant, ", ".join(f"{name} {value:.1e}" for name, value in differences.items()))
-    assert max(differences.values()) < 1e-4, differences
-
-    reloaded = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "converted")
-    assert (tmp_path / "converted" / "model.safetensors").is_file()
-    assert all(torch.equal(value, reloaded.state_dict()[key]) for key, value in model.state_dict().items())
-
-
-def test_all_prefix_positions_layout(tmp_path):
-    """timm's `no_embed_class=False` with registers: class and register tokens both have positions."""
-    source = source_model("dinov2-registers")
-    state = original_state_dict(source)
-    prefix_positions = torch.randn(1, 5, 64)
-    state[BACKBONE + "cls_token"] = state[BACKBONE + "cls_token"] - prefix_positions[:, :1]
-    state[BACKBONE + "reg_token"] = state[BACKBONE + "reg_token"] - prefix_positions[:, 1:]
-    state[BACKBONE + "pos_embed"] = torch.cat((prefix_positions, state[BACKBONE + "pos_embed"]), dim=1)
-    model = convert_original_checkpoint(save_checkpoint(state, tmp_path, "bin"))
-    registers = model.eomt.embeddings.register_tokens
-    torch.testing.assert_close(registers, source.eomt.embeddings.register_tokens, atol=1e-6, rtol=0)
-    differences = max_differences(model, state, TimmBackbone(state, 1), torch.rand(1, 3, 64, 64))
-    assert max(differences.values()) < 1e-4, differences
-
-
-def test_overrides_heads_image_size_and_labels(tmp_path):
-    source = source_model("dinov2-registers", hidden_size=96, num_attention_heads=2, num_labels=19)
-    path = save_checkpoint(original_state_dict(source), tmp_path, "bin")
-    with pytest.raises(ValueError, match=r"hidden size 96 is not a multiple of 64: pass num_attention_heads"):
-        convert_original_checkpoint(path)
-    with pytest.raises(ValueError, match=r"fixed by the checkpoint's tensors: hidden_size=128 \(checkpoint: 96\)"):
-        convert_original_checkpoint(path, num_attention_heads=2, hidden_size=128)
-    with pytest.raises(ValueError, match=r"dataset 'ade20k' has 150 classes but the checkpoint's class head predicts"):
-        convert_original_checkpoint(path, num_attention_heads=2, dataset="ade20k")
-    with pytest.raises(ValueError, match=r"unknown EoMTConfig fields \['num_heads'\]"):
-        convert_original_checkpoint(path, num_heads=2)
-
-    model = convert_original_checkpoint(path, num_attention_heads=2, image_size=96, dataset="cityscapes")
-    assert model.config.num_attention_heads == 2
-    assert model.config.id2label[0] == "road" and model.config.label2id["bicycle"] == 18
-    assert model.eomt.embeddings.position_embeddings.shape == (1, 36, 96)  # resampled from the stored 4x4 grid to 6x6
-    source.attn_mask_probs.zero_()
-    model.attn_mask_probs.zero_()
-    pixel_values = torch.randn(1, 3, 96, 96)  # the source interpolates its 4x4 positions at run time, identically
-    with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values).masks_queries_logits, source(pixel_values).masks_queries_logits)
-
-
-def test_missing_and_unrecognised_keys_are_named(tmp_path):
-    state = original_state_dict(source_model("dinov2-swiglu"))
-    del state[BACKBONE + "blocks.1.ls2.gamma"]
-    state[BACKBONE + "blocks.1.attn.q_norm.weight"] = torch.ones(64)
-    message = r"last\.ckpt: .*missing keys \['network\.encoder\.backbone\.blocks\.1\.ls2\.gamma'\]; "
-    message += r"unexpected keys \['network\.encoder\.backbone\.blocks\.1\.attn\.q_norm\.weight'\]"
-    with pytest.raises(ValueError, match=message):
-        convert_original_checkpoint(save_checkpoint(state, tmp_path, "ckpt"))
-
-
-def test_not_an_original_checkpoint(tmp_path):
-    torch.save({"encoder.layer.0.weight": torch.zeros(2)}, tmp_path / "other.bin")
-    with pytest.raises(ValueError, match=r"other\.bin: keys outside `network\.`: \['encoder\.layer\.0\.weight'\] \(not an"):
-        convert_original_checkpoint(tmp_path / "other.bin")
-
-
-def test_non_tensor_pickle_is_refused(tmp_path):
-    state = original_state_dict(source_model("dinov2-registers"))
-    torch.save({"state_dict": state, "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "unsafe.ckpt")
-    with pytest.raises(ValueError, match=r"unsafe\.ckpt: could not be read as a weights-only PyTorch checkpoint"):
-        convert_original_checkpoint(tmp_path / "unsafe.ckpt")
-
-
-def test_pixel_statistics_other_than_imagenet_are_refused(tmp_path):
-    state = original_state_dict(source_model("dinov2-registers"))
-    state["network.encoder.pixel_std"] = torch.ones(1, 3, 1, 1)
-    with pytest.raises(ValueError, match=r"network\.encoder\.pixel_std is \[1\.0, 1\.0, 1\.0\], not ImageNet's"):
-        convert_original_checkpoint(save_checkpoint(state, tmp_path, "bin"))
-
-
-def test_dinov3_delta_checkpoint_adds_the_pretrained_backbone(tmp_path):
-    """The authors' DINOv3 releases hold `final - initial`, where the initial model has the pre-trained DINOv3
-    backbone, zero heads and queries, and its buffers' initial values (`delta_weights` in their Lightning module)."""
-    source = source_model("dinov3")
-    source.attn_mask_probs.zero_()  # annealed
-    full = original_state_dict(source)
-    config = source.config
-    base = DINOv3ViTModel(DINOv3ViTConfig(
-        hidden_size=64, num_hidden_layers=3, num_attention_heads=1, intermediate_size=128, patch_size=16,
-        num_register_tokens=4, layer_norm_eps=1e-5, rope_theta=100.0, pos_embed_rescale=2.0,
-    ))  # fmt: skip
-    perturb_(base).save_pretrained(tmp_path / "dinov3")
-    initial = {key: full[key] for key in ("network.encoder.pixel_mean", "network.encoder.pixel_std")}
-    initial["network.attn_mask_probs"] = torch.ones(config.num_blocks)
-    for key, value in base.state_dict().items():
-        if key != "embeddings.mask_token":
-            key = key.replace("embeddings.", "patch_embed.", 1).replace("model.layer.", "blocks.", 1)
-            initial[BACKBONE + key] = value
-    delta = {key: value - initial.get(key, torch.zeros_like(value)) for key, value in full.items()}
-    path = save_checkpoint(delta, tmp_path, "bin")
-
-    with pytest.raises(ValueError, match=r"holds deltas to the pre-trained DINOv3 weights .* pass .* delta_base"):
-        convert_original_checkpoint(path)
-    with pytest.raises(ValueError, match="holds full weights"):
-        convert_original_checkpoint(save_checkpoint(full, tmp_path, "safetensors"), delta_base=tmp_path / "dinov3")
-    model = convert_original_checkpoint(path, delta_base=tmp_path / "dinov3")
-    assert model.config.pos_embed_rescale == 2.0 and model.config.layer_norm_eps == 1e-5
-    assert torch.equal(model.attn_mask_probs, torch.zeros(2))
-    for key, value in source.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[key], value, atol=1e-6, rtol=0, msg=key)
-
-
-def test_dataset_presets():
-    assert {name: len(classes) for name, classes in DATASET_CLASSES.items()} == {
-        "coco_panoptic": 133, "coco_instance": 80, "ade20k": 150, "cityscapes": 19,
-    }  # fmt: skip
-    assert DATASET_CLASSES["coco_instance"] == DATASET_CLASSES["coco_panoptic"][:80]
-    for classes in DATASET_CLASSES.values():
-        assert len(set(classes)) == len(classes) and all(name == name.strip() for name in classes)
-    from modeling_eomt.labels import COCO_PANOPTIC_CATEGORIES
-
-    ids = [category_id for category_id, _ in COCO_PANOPTIC_CATEGORIES]
-    assert ids == sorted(ids) and ids[-1] == 200  # contiguous index = rank of the category id, as the authors map them

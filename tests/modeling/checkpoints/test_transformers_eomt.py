@@ -12,7 +12,7 @@ from transformers import (
 )
 
 from modeling_eomt import EoMTForUniversalSegmentation, EoMTModel
-from modeling_eomt.conversion import save_as_transformers_eomt
+from modeling_eomt.checkpoints.transformers_eomt import save_as_transformers_eomt
 from tests.modeling.helpers import perturb_, tiny_config
 
 COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_blocks=2, image_size=64, patch_size=16, num_queries=5, num_labels=4)
