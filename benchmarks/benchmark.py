@@ -10,8 +10,9 @@ alike; the ratios ours / transformers are medians of per-repetition ratios, with
     eomt benchmark --device cuda --sections gpu-fps     # FPS of ViT-S/B/L in bf16 with torch.compile
 
 Sections: forward (mask-free and masked), end-to-end (image -> panoptic), post-processing, training (step time, peak
-memory), throughput (GFLOP/s against the matmul ceiling), fast (bf16, torch.compile), gpu-fps (CUDA only) and, on
-request, profile (operator times). A new section is a function `(context) -> list[Result]` under `register_section`.
+memory), small-training (a small model's step and the share of it in the loss, `benchmarks.training_step`), throughput
+(GFLOP/s against the matmul ceiling), fast (bf16, torch.compile), gpu-fps (CUDA only) and, on request, profile
+(operator times). A new section is a function `(context) -> list[Result]` under `register_section`.
 """
 
 from __future__ import annotations
@@ -556,6 +557,15 @@ def training_section(context: BenchmarkContext) -> list[Result]:
             )
         )
     return results
+
+
+@register_section("small-training", "training step of a small model on small images, where the loss weighs most")
+def small_training_section(context: BenchmarkContext) -> list[Result]:
+    from benchmarks.training_step import measure_training_step, small_model_config
+
+    pair = build_model_pair(small_model_config(**context.config_overrides), context.device, context.args.seed)
+    rows = measure_training_step(pair.ours, pair.reference, context.time, seed=context.args.seed)
+    return [Result(**row) for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
