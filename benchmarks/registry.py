@@ -20,6 +20,7 @@ SECTION_MODULES = (
     "end_to_end",
     "post_processing",
     "training",
+    "small_training",
     "throughput",
     "fast",
     "gpu_fps",

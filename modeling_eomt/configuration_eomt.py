@@ -70,7 +70,8 @@ class EoMTConfig(PretrainedConfig):
 
     Loss coefficients (defaults of the paper's recipe, read by the training loss):
         class_weight (2.0), mask_weight (5.0), dice_weight (5.0), no_object_weight (0.1),
-        train_num_points (12544), oversample_ratio (3.0), importance_sample_ratio (0.75).
+        train_num_points (12544: the most sampled points per mask; the loss takes at most one per mask-logit pixel),
+        oversample_ratio (3.0), importance_sample_ratio (0.75).
     """
 
     model_type = "eomt_vit"

@@ -10,10 +10,10 @@ from transformers import EomtConfig, EomtForUniversalSegmentation
 from transformers.models.eomt.modeling_eomt import EomtLoss
 
 import training.loss as loss_module
-from modeling_eomt import EoMTForUniversalSegmentation
+from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from tests.modeling.helpers import perturb_
 from tests.training.helpers import random_targets, single_thread  # noqa: F401 (fixture)
-from training.loss import HungarianMatcher, MaskClassificationLoss, sample_points
+from training.loss import BatchTargets, HungarianMatcher, MaskClassificationLoss, importance_sampled_points, sample_points
 
 WEIGHTS = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0)
 
@@ -76,7 +76,7 @@ def test_matcher_equals_brute_force_over_all_permutations(sizes):
     masks, classes = random_predictions(len(sizes), 4, 6, seed=sum(sizes))
     mask_labels, class_labels = random_targets(sizes, 6, 6, seed=len(sizes))
     matcher = HungarianMatcher(**WEIGHTS, num_points=None)  # every pixel
-    indices = matcher(masks[0], classes[0], mask_labels, class_labels)
+    (indices,) = matcher(masks[0][None], classes[0][None], mask_labels, class_labels)  # one prediction level
     for image, (rows, cols) in enumerate(indices):
         expected = brute_force_match(masks[0][image], classes[0][image], mask_labels[image], class_labels[image])
         assert dict(zip(cols.tolist(), rows.tolist())) == expected
@@ -86,7 +86,8 @@ def test_matcher_equals_brute_force_over_all_permutations(sizes):
 def test_matcher_cost_matrix_equals_direct_cost():
     masks, classes = random_predictions(1, 5, 8, seed=3)
     mask_labels, class_labels = random_targets([3], 8, 8, seed=3)
-    cost = HungarianMatcher(**WEIGHTS, num_points=None).cost_matrices(masks[0], classes[0], mask_labels, class_labels)[0]
+    targets = BatchTargets.from_lists(mask_labels, class_labels, torch.device("cpu"))
+    cost = HungarianMatcher(**WEIGHTS, num_points=None).cost_matrices(masks[0][None], classes[0][None], targets)[0, 0]
     for q, t in itertools.product(range(5), range(3)):
         expected = naive_pair_cost(masks[0][0, q], classes[0][0, q], mask_labels[0][t], class_labels[0][t])[0]
         assert cost[q, t].item() == pytest.approx(expected.item(), abs=1e-5)
@@ -104,14 +105,23 @@ def test_point_sampling_compares_full_resolution_targets_with_quarter_resolution
     assert torch.allclose(sample_points(fine, points).reshape(1, 2, 32, 32), fine, atol=1e-6)
 
 
-@pytest.mark.parametrize("shared_points", [True, False])
-def test_target_sampling_equals_grid_sample(shared_points):
-    masks = torch.rand(3, 20, 28) > 0.5
-    points = torch.rand(1 if shared_points else 3, 500, 2)
-    points[:, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.999, 0.001]])  # corners: zero padding
-    expected = sample_points(masks[:, None].float(), points.expand(3, -1, -1))[:, 0]
-    assert torch.allclose(loss_module.sample_target_points(masks, points), expected, atol=1e-6)
-    assert loss_module.sample_target_points(masks[:0], points[:1]).shape == (0, 500)
+def test_batch_targets_pad_each_image_and_sample_every_matched_pair_at_its_own_points():
+    mask_labels, class_labels = random_targets([2, 0, 3], 20, 28, seed=1)
+    targets = BatchTargets.from_lists(mask_labels, class_labels, torch.device("cpu"))
+    assert targets.counts == (2, 0, 3) and targets.masks.dtype == torch.float32
+    assert targets.images.tolist() == [0, 0, 2, 2, 2]
+    for image, count in enumerate(targets.counts):  # the first n_i rows of image i are its targets, in order
+        rows = targets.rows[image, :count]
+        assert torch.equal(targets.masks[rows, 0], mask_labels[image].float())
+        assert torch.equal(targets.classes[rows], class_labels[image])
+    # pairs of 2 levels (a target at most once per level), each with its own points; corners test the zero padding
+    levels, rows = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 3, 4, 4, 1])
+    points = torch.rand(5, 300, 2)
+    points[:, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.999, 0.001]])
+    sampled = MaskClassificationLoss.sample_matched_targets(targets, points, levels, rows, num_levels=2)
+    for pair in range(5):
+        expected = F.grid_sample(targets.masks[rows[pair], None], 2 * points[pair, None, :, None] - 1, align_corners=False)
+        assert torch.allclose(sampled[pair], expected.flatten(), atol=1e-6)
 
 
 # ---- loss ----------------------------------------------------------------------------------------------------------------
@@ -161,12 +171,9 @@ def test_gradients_reach_every_level():
 
 
 def test_importance_sampling_picks_the_most_uncertain_candidates():
-    criterion = MaskClassificationLoss(num_labels=4, num_points=100, oversample_ratio=3.0, importance_sample_ratio=0.75)
     logits = torch.linspace(-6, 6, 16).repeat(3, 1, 16, 1)  # (3, 1, 16, 16): uncertain around the middle column
-    torch.manual_seed(5)
-    points = criterion.sample_uncertain_points(logits)
-    torch.manual_seed(5)
-    candidates = torch.rand(3, 300, 2)
+    candidates = torch.rand(3, 300, 2)  # 100 points, oversample ratio 3, importance sample ratio 0.75
+    points = importance_sampled_points(logits, candidates, 75, torch.rand(3, 25, 2))
     assert points.shape == (3, 100, 2)
     candidate_uncertainty = sample_points(logits, candidates)[:, 0].abs()
     for mask in range(3):
@@ -235,22 +242,82 @@ def test_bad_targets_raise_clear_errors(mutate, message):
 # ---- transformers' EoMT loss (reference only) ---------------------------------------------------------------------------
 
 
-def test_equals_transformers_eomt_loss_with_the_same_random_points():
-    """Same RNG seed -> the same uniform and importance-sampled points -> the same matching and losses."""
-    masks, classes = random_predictions(3, 6, 16, levels=3, seed=9)
-    mask_labels, class_labels = random_targets([3, 0, 2], 64, 64, seed=9)  # targets at 4x the mask-logit resolution
+@pytest.mark.parametrize("sizes, queries", [([3, 0, 2], 6), ([7, 1, 5], 4)])  # the second: more targets than queries
+def test_equals_transformers_eomt_loss_with_the_same_random_points(sizes, queries):
+    """Same RNG seed -> the same uniform and importance-sampled points -> the same matching, losses and gradients;
+    transformers computes each level and image in turn, ours all at once."""
+    masks, classes = random_predictions(3, queries, 16, levels=3, seed=9)
+    mask_labels, class_labels = random_targets(sizes, 64, 64, seed=9)  # targets at 4x the mask-logit resolution
     config = EomtConfig(num_labels=4, train_num_points=300)
-    reference = EomtLoss(config, weight_dict={"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0})
+    weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    reference = EomtLoss(config, weight_dict=weights)
+    reference_leaves = [tensor.clone().requires_grad_(True) for tensor in masks + classes]
     torch.manual_seed(11)
-    expected = {}
+    expected, expected_total = {}, 0.0
     for level, suffix in enumerate(("_block0", "_block1", "")):  # transformers' order: intermediate levels first
-        losses = reference(masks[level], classes[level], [m.float() for m in mask_labels], class_labels)
+        level_masks, level_classes = reference_leaves[level], reference_leaves[3 + level]
+        losses = reference(level_masks, level_classes, [m.float() for m in mask_labels], class_labels)
         expected.update({name + suffix: value.item() for name, value in losses.items()})
+        expected_total = expected_total + sum(weights[name] * value for name, value in losses.items())
+    expected_total.backward()
+
+    leaves = [tensor.clone().requires_grad_(True) for tensor in masks + classes]
     torch.manual_seed(11)
-    _, components = MaskClassificationLoss.from_config(config)(masks[-1], classes[-1], mask_labels, class_labels, masks[:-1], classes[:-1])
+    criterion = MaskClassificationLoss.from_config(config, num_points=config.train_num_points)  # 300, not "auto"'s 256
+    total, components = criterion(leaves[2], leaves[5], mask_labels, class_labels, leaves[:2], leaves[3:5])
+    total.backward()
     assert set(components) == set(expected)
     for name, value in expected.items():
         assert components[name].item() == pytest.approx(value, rel=1e-6, abs=1e-7), name
+    assert total.item() == pytest.approx(expected_total.item(), rel=1e-6)
+    for ours, theirs in zip(leaves, reference_leaves):  # gradients of every level's mask and class logits
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-5 * theirs.grad.abs().max().item())
+
+
+def test_levels_in_one_call_equal_one_call_per_level():
+    """Batching the levels changes nothing: the same as the levels one by one, with the same random draws."""
+    masks, classes = random_predictions(2, 5, 8, levels=3, seed=10)
+    mask_labels, class_labels = random_targets([3, 2], 32, 32, seed=10)
+    criterion = MaskClassificationLoss(num_labels=4, num_points=40)
+    torch.manual_seed(3)
+    total, components = criterion(masks[-1], classes[-1], mask_labels, class_labels, masks[:-1], classes[:-1])
+    torch.manual_seed(3)
+    separate = [criterion(masks[level], classes[level], mask_labels, class_labels) for level in range(3)]
+    assert total.item() == pytest.approx(sum(level_total.item() for level_total, _ in separate), rel=1e-6)
+    for (_, level_components), suffix in zip(separate, ("_block0", "_block1", "")):
+        for name, value in level_components.items():
+            assert components[name + suffix].item() == pytest.approx(value.item(), rel=1e-6), name + suffix
+
+
+def test_auto_num_points_follows_the_mask_logit_resolution():
+    assert loss_module.auto_num_points((160, 160)) == 12544  # the authors' 640 px: the recipe's count
+    assert loss_module.auto_num_points((128, 128)) == 12544  # ADE20K's 512 px
+    assert loss_module.auto_num_points((64, 64)) == 4096  # 128 px at patch 8: one point per logit
+    assert loss_module.auto_num_points((32, 32), max_points=256) == 256
+    config = EoMTConfig(num_labels=4, train_num_points=1000)
+    criterion = MaskClassificationLoss.from_config(config)
+    assert (criterion.num_points, criterion.max_points) == ("auto", 1000)
+    assert [criterion.points_per_mask(size) for size in ((16, 16), (40, 40))] == [256, 1000]
+    assert MaskClassificationLoss.from_config(config, num_points=77).points_per_mask((16, 16)) == 77
+    assert MaskClassificationLoss.from_config(config, num_points=None).points_per_mask((16, 16)) is None
+    with pytest.raises(ValueError, match="num_points must be a positive int, 'auto' or None"):
+        MaskClassificationLoss(num_labels=4, num_points="all")
+
+
+def test_auto_num_points_draws_that_many_points_per_mask(monkeypatch):
+    """The loss samples `auto_num_points` points per matched mask: 8x8 mask logits -> 64 (of 12544)."""
+    masks, classes = random_predictions(2, 5, 8, seed=12)
+    mask_labels, class_labels = random_targets([2, 1], 32, 32, seed=12)
+    shapes, sample = [], loss_module.sample_points
+
+    def recording_sample_points(maps, points):
+        shapes.append(tuple(points.shape))
+        return sample(maps, points)
+
+    monkeypatch.setattr(loss_module, "sample_points", recording_sample_points)
+    MaskClassificationLoss(num_labels=4)(masks[0], classes[0], mask_labels, class_labels)
+    assert shapes[0] == (2, 64, 2)  # the matcher: 64 uniform points per image
+    assert shapes[-1] == (3, 64, 2)  # the loss: 64 points for each of the 3 matched masks
 
 
 def test_equals_the_loss_transformers_eomt_computes_in_its_forward(tmp_path):
