@@ -221,9 +221,10 @@ class ResultWriter:
         rles = encode_masks(result["segmentation"])  # (I, H, W) bool, overlaps kept
         boxes = mask_utils.toBbox(rles).tolist() if rles else []
         return [
-            {"category_id": self.category_ids[segment["label_id"]], "segmentation": rle, "score": segment["score"], "bbox": box}
+            {"category_id": self.category_ids[segment["label_id"]], "segmentation": rle, "score": segment["score"],
+             "bbox": box}
             for segment, rle, box in zip(result["segments_info"], rles, boxes)
-        ]
+        ]  # fmt: skip
 
     def _write_semantic(self, name: str, result: torch.Tensor) -> dict[str, Any]:
         dtype = np.uint8 if len(self.id2label) <= 256 else np.uint16
@@ -407,7 +408,7 @@ def run_predictions(
     the settings. With several `processes` (default: the running `torch.distributed` group), every process is given
     the same `items` and segments its share; all of them return the same counts. `report` receives one message per
     image that could not be used, as it happens. Raises `OutputConflictError` (a `ValueError`) if `out_dir` holds
-    results of other settings."""
+    results of other settings or cannot be written."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if batch_size < 1:
@@ -428,6 +429,8 @@ def run_predictions(
             prepare_output(out_dir, manifest, overwrite)
         except OutputConflictError as error:
             conflict = str(error)
+        except OSError as error:
+            conflict = f"{out_dir}: cannot write the results there ({first_line(error)})"
     conflict = processes.broadcast(conflict)  # the others wait until the folder is ready
     if conflict is not None:
         raise OutputConflictError(conflict)
@@ -446,7 +449,8 @@ def run_predictions(
             report(message)
 
     where = "" if processes.world_size == 1 else f", process {processes.rank + 1}/{processes.world_size}"
-    bar = tqdm(desc=f"eomt predict ({task}{where})", unit="img", file=sys.stderr, disable=not (progress and processes.is_main))
+    show = progress and processes.is_main
+    bar = tqdm(desc=f"eomt predict ({task}{where})", unit="img", file=sys.stderr, disable=not show)
     try:
         with bar:
             for batch in _prefetched(_read_batches(items, claims, processor, batch_size)):

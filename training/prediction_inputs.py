@@ -229,7 +229,8 @@ def iter_dataset_images(spec: DatasetInput, split: Any | None = None) -> Iterato
     for index, row in enumerate(split):
         if spec.image_column not in row:
             raise ValueError(f"{spec.path}: no column {spec.image_column!r}; its columns are {list(row)}")
-        yield ImageItem(_row_name(row, index, spec), f"{spec.path} row {index}", f"{where}#{index}", row[spec.image_column])
+        name, image = _row_name(row, index, spec), row[spec.image_column]
+        yield ImageItem(name, f"{spec.path} row {index}", f"{where}#{index}", image)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ BARRIER_TIMEOUT = timedelta(hours=24)
 
 
 class OutputConflictError(ValueError):
-    """The output folder holds results that another run made (other model, task, options or inputs)."""
+    """The output folder cannot take this run: it holds results of another run (other model, task, options or
+    inputs), or it cannot be written."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -115,7 +116,8 @@ def weights_fingerprint(model: Any) -> str:
     """A SHA-256 of the model's configuration and of up to 4096 evenly spaced values of every weight: it changes when
     the model is retrained or edited, and costs little even for large models."""
     digest = hashlib.sha256()
-    config = {key: value for key, value in model.config.to_dict().items() if key not in ("_name_or_path", "transformers_version")}
+    volatile = ("_name_or_path", "transformers_version")
+    config = {key: value for key, value in model.config.to_dict().items() if key not in volatile}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         flat = tensor.detach().reshape(-1)
@@ -142,13 +144,14 @@ def _short(value: Any) -> str:
 def manifest_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two manifests, one `key: earlier before, now now` per setting (`model.source`, where the
     weights were read from, does not count: the weights do)."""
-    before, after = _leaves(json.loads(json.dumps(earlier, default=str))), _leaves(json.loads(json.dumps(now, default=str)))
+    before, after = (_leaves(json.loads(json.dumps(manifest, default=str))) for manifest in (earlier, now))
     differences = []
     for key in sorted(set(before) | set(after)):
         if key == "model.source" or before.get(key) == after.get(key):
             continue
         if key == "model.weights":
-            differences.append(f"model: other weights ({before.get('model.source')} before, {after.get('model.source')} now)")
+            sources = before.get("model.source"), after.get("model.source")
+            differences.append(f"model: other weights ({sources[0]} before, {sources[1]} now)")
         else:
             differences.append(f"{key}: {_short(before.get(key))} before, {_short(after.get(key))} now")
     return differences
@@ -162,8 +165,9 @@ def remove_results(out_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    for leftover in out_dir.glob(f".{PREDICTIONS_FILE}.*.tmp"):
-        leftover.unlink()
+    for name in (PREDICTIONS_FILE, MANIFEST_FILE):  # temporary files of `write_atomically` left by a killed run
+        for leftover in out_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink()
 
 
 def prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:

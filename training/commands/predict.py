@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from training.commands.arguments import (
+    INPUT_ERROR_STATUS,
     InputError,
     add_conversion_arguments,
     conversion_overrides,
+    is_main_process,
     report_error,
     resolve_device,
 )
@@ -51,15 +53,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "and other settings are an error)",
     )  # fmt: skip
     predict.add_argument("--recursive", action="store_true", help="also images in sub-directories (and ** in globs)")
-    predict.add_argument("--hf-dataset", metavar="NAME_OR_PATH",
-                         help="also segment a datasets split, streamed: a Hub id, a data folder or a save_to_disk folder")  # fmt: skip
+    predict.add_argument(
+        "--hf-dataset", metavar="NAME_OR_PATH",
+        help="also segment a datasets split, streamed: Hub id, data folder or save_to_disk folder",
+    )  # fmt: skip
     predict.add_argument("--split", help="--hf-dataset: the split (default: the only one)")
     predict.add_argument("--image-column", default="image", help="--hf-dataset: the image column (default: image)")
-    predict.add_argument("--name-column",
-                         help="--hf-dataset: the column that names each image (default: the row number, 00000000 on)")  # fmt: skip
+    predict.add_argument(
+        "--name-column", help="--hf-dataset: the column naming each image (default: the row number, 00000000 on)"
+    )
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass, of any sizes (default: 1)")
-    predict.add_argument("--device", default="cpu",
-                         help="cpu (default), cuda, cuda:N or mps; cuda under several processes: one GPU each")  # fmt: skip
+    predict.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, cuda:N or mps; cuda under several processes: one GPU each"
+    )
     predict.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
         help="float32 (default), or autocast to bfloat16 (about 1.6x faster on CPUs with AVX-512 BF16) or float16 "
@@ -145,7 +151,16 @@ def _dataset_input(args: argparse.Namespace) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 when every image was processed, `SOME_INPUTS_FAILED_STATUS` when some input could not be used
     (the others are processed); an unusable model, device, option or output folder is an `InputError` (exit status
-    2, nothing processed). Every process of a launch returns the same status."""
+    2, nothing processed). Every process of a launch returns the same status; process 0 alone prints the error."""
+    try:
+        return _run(args)
+    except InputError:
+        if is_main_process():
+            raise
+        return INPUT_ERROR_STATUS
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from training.inference import OutputConflictError, load_processor, run_predictions
@@ -174,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
                 input_failed(problem)
         images = [item for item in args.images if input_problem(item) is None]
         spec, split = _dataset_input(args)
-        if spec is None and next(iter_images(images, args.recursive, report=input_failed), None) is None:
+        peeked: list[str] = []  # the walk stops at the first image: these are reported by the run's walk
+        if spec is None and next(iter_images(images, args.recursive, report=peeked.append), None) is None:
+            for message in peeked:
+                input_failed(message)
             raise InputError("no images to process")
         model = load_model(args.model, args.delta_base, args.dataset, **conversion_overrides(args))
         processor = load_processor(args.model, model.config, args.task)
