@@ -65,12 +65,6 @@ from training.prediction_store import (
     weights_fingerprint,
 )
 
-__all__ = [
-    "TASKS", "PREDICTIONS_FILE", "OutputConflictError", "PredictRun", "ResultWriter", "class_names", "coco_category_ids",
-    "default_stuff_classes", "first_line", "load_processor", "post_process", "predict_files", "prepare_model",
-    "run_manifest", "run_predictions", "segment_areas_and_boxes",
-]  # fmt: skip
-
 TASKS = ("panoptic", "instance", "semantic")
 
 
