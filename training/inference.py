@@ -1,7 +1,8 @@
-"""Segment image files with an EoMT checkpoint and write overlays and COCO-format results (`eomt predict`).
+"""Segment images with an EoMT checkpoint and write overlays and COCO-format results (`eomt predict`): resumable,
+shardable across processes, streaming its inputs.
 
-Every image gets a name, its file stem (made unique with `-2`, `-3`, ... in input order), and these files in the
-output directory:
+Every image gets a name (`training.prediction_inputs`: its path relative to the input that found it, without the
+extension; `~2`, `~3`, ... for a second image of the same name) and these files in the output folder:
 
 - `overlays/<name>.png`: the image with its segments outlined and a legend (`image_processing.draw_result`);
 - panoptic: `panoptic/<name>.png`, a COCO panoptic PNG (segment id `R + 256 G + 256^2 B`, 0 = void; segment ids
@@ -12,24 +13,31 @@ output directory:
   `[{"image_id", "category_id", "segmentation": {"size": [H, W], "counts": RLE string}, "score", "bbox"}]`;
 - semantic: `semantic/<name>.png`, the class index of every pixel (uint8, or uint16 for more than 256 classes;
   every pixel gets a class, there is no "none" value), and `predictions.json` `{"annotations": [{"image_id",
-  "file_name"}], "categories": [{"id", "name"}]}`.
+  "file_name"}], "categories": [{"id", "name"}]}`;
+- `run.json` (the settings of the run) and `records/` (one line per image done), which make a run resumable
+  (`training.prediction_store`).
 
-`category_id` is the model's class index, except for models whose classes are COCO's (`modeling_eomt.labels`
-presets): there it is the COCO category id, so that panopticapi and pycocotools read the results directly.
-`image_id` is the name as an int when every name is a number (COCO's file names), else the name. Boxes are COCO's
-`[x, y, width, height]`.
+`predictions.json` lists the images sorted by name. `category_id` is the model's class index, except for models whose
+classes are COCO's (`modeling_eomt.labels` presets): there it is the COCO category id, so that panopticapi and
+pycocotools read the results directly. `image_id` is the name as an int when every name is a number (COCO's file
+names), else the name. Boxes are COCO's `[x, y, width, height]`.
 
-Images that cannot be read are skipped (and reported as it happens); the others are processed.
+A run never stops for one image: an image that cannot be read, decoded or segmented is reported (named, one line) and
+skipped; the others are written. A second run into the same folder with the same settings skips the images already
+done; with other settings it is an error unless `overwrite`. Under `accelerate launch` / `torchrun` each process
+segments the images whose name hashes to its rank, and process 0 merges everyone's records into `predictions.json`:
+the same files as one process writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
+import errno
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,65 +47,30 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map, to_rgb_array
+from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map
 from modeling_eomt import EoMTForUniversalSegmentation
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
 from training.metrics.mask_ap import encode_masks
+from training.prediction_inputs import ImageItem, file_items, first_line, processor_input, read_image
+from training.prediction_store import (
+    MANIFEST_FORMAT,
+    PREDICTIONS_FILE,
+    RECORDS_DIR,
+    NameClaims,
+    OutputConflictError,
+    Processes,
+    RecordWriter,
+    merge_records,
+    prepare_output,
+    weights_fingerprint,
+)
 
 TASKS = ("panoptic", "instance", "semantic")
-IMAGE_EXTENSIONS = frozenset(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN)
-PREDICTIONS_FILE = "predictions.json"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of `error`'s message (its type name if it has none)."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Inputs: image files, the processor, the model's forward
+# The processor and the model's forward
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _images_in(directory: Path, recursive: bool) -> list[Path]:
-    candidates = directory.rglob("*") if recursive else directory.iterdir()
-    return sorted(path for path in candidates if _is_image_file(path))
-
-
-def find_images(inputs: Sequence[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
-    """The image files named by `inputs` and one message per input that names none.
-
-    Files are taken as given (an unreadable one fails when it is read); directories give the files with an image
-    extension inside them (sorted; sub-directories with `recursive`); glob patterns (`*`, `?`, `[...]`; `**` with
-    `recursive`) give the matching image files and the images of matching directories. Duplicates are dropped."""
-    paths: list[Path] = []
-    problems: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = _images_in(path, recursive)
-            if not found:
-                problems.append(f"{item}: no image files in this directory{'' if recursive else ' (see --recursive)'}")
-        elif path.is_file():
-            found = [path]
-        elif any(char in item for char in "*?["):
-            found = []
-            for match in map(Path, sorted(glob.glob(item, recursive=recursive))):
-                found += _images_in(match, recursive) if match.is_dir() else [match] if _is_image_file(match) else []
-            if not found:
-                problems.append(f"{item}: no image file matches this pattern")
-        else:
-            problems.append(f"{item}: no such file or directory")
-            found = []
-        paths += found
-    seen: set[Path] = set()
-    unique = [path for path in paths if not (path.resolve() in seen or seen.add(path.resolve()))]
-    return unique, problems
 
 
 def load_processor(source: str, config: Any, task: str) -> EoMTImageProcessor:
@@ -143,20 +116,6 @@ def prepare_model(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """One unique name per path: its stem, or `stem-2`, `stem-3`, ... for later files with the same stem."""
-    names: list[str] = []
-    used: set[str] = set()
-    for path in paths:
-        name, count = path.stem, 1
-        while name in used:
-            count += 1
-            name = f"{path.stem}-{count}"
-        used.add(name)
-        names.append(name)
-    return names
-
-
 def class_names(id2label: dict[int, str]) -> tuple[str, ...]:
     """The class names in class-index order, as `modeling_eomt.labels.DATASET_CLASSES` lists them."""
     return tuple(id2label[label] for label in sorted(id2label))
@@ -196,17 +155,15 @@ def segment_areas_and_boxes(id_map: np.ndarray, num_ids: int) -> tuple[np.ndarra
 
 
 class ResultWriter:
-    """Writes the overlay and result files of one task, image by image, and `predictions.json` at the end."""
+    """Writes the overlay and result files of one task, image by image, and returns what `predictions.json` will say
+    about each image."""
 
     def __init__(self, out_dir: Path, task: str, id2label: dict[int, str], stuff_classes: Sequence[int] | None) -> None:
         self.out_dir, self.task, self.id2label = out_dir, task, id2label
         self.category_ids = coco_category_ids(id2label) or sorted(id2label)
         self.stuff = None if stuff_classes is None else set(stuff_classes)
-        self.entries: list[dict[str, Any]] = []
         self.result_dir = out_dir / task if task != "instance" else None
-        for directory in (out_dir / "overlays", self.result_dir):
-            if directory is not None:
-                directory.mkdir(parents=True, exist_ok=True)
+        self._folders: set[Path] = set()
 
     def categories(self) -> list[dict[str, Any]]:
         categories = []
@@ -217,21 +174,32 @@ class ResultWriter:
             categories.append(category)
         return categories
 
-    def add(self, name: str, image_id: int | str, image: np.ndarray, result: Any) -> None:
-        """Write the files of one image, from its post-processing result (on any device)."""
+    def _file(self, folder: Path, name: str) -> Path:
+        path = folder / f"{name}.png"
+        if path.parent not in self._folders:  # names may have folders (`sub/image`)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if len(self._folders) < 4096:
+                self._folders.add(path.parent)
+        return path
+
+    def write(self, name: str, image: np.ndarray, result: Any) -> dict[str, Any]:
+        """Write the files of one image, from its post-processing result (on any device); returns the image's fields
+        of `predictions.json` (without `image_id`): `file_name` and `segments_info` (panoptic), `file_name`
+        (semantic), or `detections` (instance)."""
         image = image if image.dtype == np.uint8 else image.clip(0, 255).astype(np.uint8)  # 16-bit inputs
         if self.task == "panoptic":
-            self._add_panoptic(name, image_id, result)
+            fields = self._write_panoptic(name, result)
         elif self.task == "instance":
-            self._add_instance(image_id, result)
+            fields = {"detections": self._detections(result)}
             result = {"segmentation": instance_map(result["segmentation"]), "segments_info": result["segments_info"]}
         else:
-            self._add_semantic(name, image_id, result)
-        draw_result(image, result, self.id2label, path=self.out_dir / "overlays" / f"{name}.png")
+            fields = self._write_semantic(name, result)
+        draw_result(image, result, self.id2label, path=self._file(self.out_dir / "overlays", name))
+        return fields
 
-    def _add_panoptic(self, name: str, image_id: int | str, result: dict[str, Any]) -> None:
+    def _write_panoptic(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
         id_map = result["segmentation"].cpu().numpy() + 1  # (H, W): segment ids from 1, 0 = void
-        Image.fromarray(id_to_rgb(id_map)).save(self.result_dir / f"{name}.png")
+        Image.fromarray(id_to_rgb(id_map)).save(self._file(self.result_dir, name))
         areas, boxes = segment_areas_and_boxes(id_map, len(result["segments_info"]) + 1)
         segments = []
         for segment in result["segments_info"]:
@@ -241,62 +209,91 @@ class ResultWriter:
                 entry["isthing"] = int(label not in self.stuff)
             entry.update(area=int(areas[segment_id]), bbox=boxes[segment_id].tolist())
             segments.append(entry)
-        self.entries.append({"image_id": image_id, "file_name": f"{name}.png", "segments_info": segments})
+        return {"file_name": f"{name}.png", "segments_info": segments}
 
-    def _add_instance(self, image_id: int | str, result: dict[str, Any]) -> None:
+    def _detections(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         rles = encode_masks(result["segmentation"])  # (I, H, W) bool, overlaps kept
         boxes = mask_utils.toBbox(rles).tolist() if rles else []
-        for segment, rle, box in zip(result["segments_info"], rles, boxes):
-            self.entries.append({
-                "image_id": image_id, "category_id": self.category_ids[segment["label_id"]], "segmentation": rle,
-                "score": segment["score"], "bbox": box,
-            })  # fmt: skip
+        return [
+            {"category_id": self.category_ids[segment["label_id"]], "segmentation": rle, "score": segment["score"],
+             "bbox": box}
+            for segment, rle, box in zip(result["segments_info"], rles, boxes)
+        ]  # fmt: skip
 
-    def _add_semantic(self, name: str, image_id: int | str, result: torch.Tensor) -> None:
+    def _write_semantic(self, name: str, result: torch.Tensor) -> dict[str, Any]:
         dtype = np.uint8 if len(self.id2label) <= 256 else np.uint16
-        Image.fromarray(result.cpu().numpy().astype(dtype)).save(self.result_dir / f"{name}.png")
-        self.entries.append({"image_id": image_id, "file_name": f"{name}.png"})
-
-    def finish(self) -> Path:
-        """Write `predictions.json` and return its path."""
-        if self.task == "instance":
-            document: Any = self.entries
-        else:
-            document = {"annotations": self.entries, "categories": self.categories()}
-        path = self.out_dir / PREDICTIONS_FILE
-        path.write_text(json.dumps(document))
-        return path
+        Image.fromarray(result.cpu().numpy().astype(dtype)).save(self._file(self.result_dir, name))
+        return {"file_name": f"{name}.png"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------------------
 
+# Write errors that belong to one image (its name), not to the output folder (full, read-only): reported and skipped.
+_NAME_ERRORS = (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ)
 
-def _read_batch(paths: Sequence[Path], processor: EoMTImageProcessor) -> tuple[list[int], list[np.ndarray], Any, list]:
-    """Indices and RGB arrays of the readable images of `paths`, their model inputs (None if none is readable),
-    and one message per unreadable image."""
-    indices, images, problems = [], [], []
-    for index, path in enumerate(paths):
+
+@dataclass
+class _Batch:
+    """Up to `batch_size` decoded images of this process with their processor inputs (None if the processor failed
+    on the batch), and what was met on the way: messages of unusable images, images skipped as done."""
+
+    items: list[ImageItem] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    inputs: Any = None
+    problems: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.items) + len(self.problems) + self.skipped
+
+
+def _preprocess(processor: EoMTImageProcessor, images: Sequence[np.ndarray]) -> Any:
+    return processor([processor_input(image) for image in images], return_tensors="pt")
+
+
+def _read_batches(
+    items: Iterable[ImageItem], claims: NameClaims, processor: EoMTImageProcessor, batch_size: int
+) -> Iterator[_Batch]:
+    """This process's images, named, decoded and pre-processed in batches; the images done already are skipped."""
+    batch = _Batch()
+    for item in items:
+        if not claims.owns(item.name):
+            continue
+        name, new = claims.claim(item.name, item.identity)
+        if not new:
+            batch.skipped += 1
+        else:
+            try:
+                batch.images.append(read_image(item))
+                batch.items.append(replace(item, name=name))
+            except ValueError as error:
+                batch.problems.append(str(error))
+        if len(batch.items) == batch_size or len(batch.problems) == batch_size or batch.skipped == 1024:
+            yield _finished(batch, processor)
+            batch = _Batch()
+    if batch.size:
+        yield _finished(batch, processor)
+
+
+def _finished(batch: _Batch, processor: EoMTImageProcessor) -> _Batch:
+    if batch.images:
         try:
-            images.append(to_rgb_array(str(path), source=str(path)))
-            indices.append(index)
-        except (ValueError, TypeError) as error:
-            problems.append(first_line(error))
-    inputs = processor(images, return_tensors="pt") if images else None
-    return indices, images, inputs, problems
+            batch.inputs = _preprocess(processor, batch.images)
+        except Exception:  # noqa: BLE001 (one image the processor rejects: the images are then processed one by one)
+            batch.inputs = None
+    return batch
 
 
-def _batches(paths: Sequence[Path], processor: EoMTImageProcessor, batch_size: int) -> Iterator[tuple[int, Any]]:
-    """`(start, _read_batch(...))` for consecutive batches; the next batch is read in a thread meanwhile."""
-    starts = range(0, len(paths), batch_size)
+def _prefetched(batches: Iterator[_Batch]) -> Iterator[_Batch]:
+    """`batches`, the next one read in a thread while the current one is segmented."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_read_batch, paths[:batch_size], processor)
-        for start in starts:
-            batch = pending.result()
-            if start + batch_size < len(paths):
-                pending = pool.submit(_read_batch, paths[start + batch_size : start + 2 * batch_size], processor)
-            yield start, batch
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch
 
 
 def post_process(processor: EoMTImageProcessor, outputs: Any, sizes: torch.Tensor, task: str, options: dict) -> list:
@@ -310,10 +307,76 @@ def post_process(processor: EoMTImageProcessor, outputs: Any, sizes: torch.Tenso
     return processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes, **options)
 
 
-def predict_files(
+class _Segmenter:
+    """Model and post-processing of a batch; an image that fails is reported instead of its result."""
+
+    def __init__(self, forward: Callable[..., Any], processor: EoMTImageProcessor, task: str, options: dict) -> None:
+        self.forward, self.processor, self.task, self.options = forward, processor, task, options
+
+    def _results(self, inputs: Any) -> list:
+        outputs = self.forward(inputs["pixel_values"], inputs.get("patch_offsets"))
+        with torch.inference_mode():
+            return post_process(self.processor, outputs, inputs["original_sizes"], self.task, self.options)
+
+    def __call__(self, batch: _Batch) -> list[Any]:
+        """One result per image of `batch`, or a message (str) for an image that could not be segmented: when the
+        batch fails as a whole, each image is tried alone (so a GPU out of memory on a large batch costs no image)."""
+        if batch.inputs is not None:
+            try:
+                return self._results(batch.inputs)
+            except Exception as error:  # noqa: BLE001
+                if len(batch.items) == 1:
+                    return [self._failure(batch.items[0], error)]
+        results = []
+        for item, image in zip(batch.items, batch.images):
+            try:
+                results.append(self._results(_preprocess(self.processor, [image]))[0])
+            except Exception as error:  # noqa: BLE001
+                results.append(self._failure(item, error))
+        return results
+
+    @staticmethod
+    def _failure(item: ImageItem, error: BaseException) -> str:
+        return f"{item.source}: cannot be segmented ({type(error).__name__}: {first_line(error)})"
+
+
+def run_manifest(
     model: EoMTForUniversalSegmentation,
     processor: EoMTImageProcessor,
-    paths: Sequence[Path],
+    task: str,
+    options: dict[str, Any],
+    dtype: torch.dtype,
+    model_source: str | None = None,
+    inputs: Any = None,
+) -> dict[str, Any]:
+    """What a run's results depend on (`run.json`): compared with the next run into the same folder."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "task": task,
+        "model": {"source": model_source or model.config.name_or_path or None, "weights": weights_fingerprint(model)},
+        "processor": processor.to_dict(),
+        "options": {**options, "dtype": str(dtype).removeprefix("torch.")},
+        "inputs": inputs,
+    }
+
+
+@dataclass
+class PredictRun:
+    """What a run did. Counts are over all processes; `problems` are this process's messages (every one was also
+    passed to `report`)."""
+
+    predictions: Path  # predictions.json
+    images: int  # images in predictions.json (this run's and the earlier runs')
+    segmented: int  # images segmented by this run
+    skipped: int  # images skipped as done already (by an earlier run, or named twice)
+    failed: int  # images that could not be read or segmented
+    problems: list[str]
+
+
+def run_predictions(
+    model: EoMTForUniversalSegmentation,
+    processor: EoMTImageProcessor,
+    items: Iterable[ImageItem],
     out_dir: str | Path,
     task: str,
     batch_size: int = 1,
@@ -323,45 +386,118 @@ def predict_files(
     mask_threshold: float = 0.5,
     overlap_mask_area_threshold: float = 0.8,
     stuff_classes: Sequence[int] | None = None,
+    overwrite: bool = False,
+    model_source: str | None = None,
+    inputs: Any = None,
+    processes: Processes | None = None,
     progress: bool = True,
     report: Callable[[str], None] | None = None,
-) -> tuple[Path, list[str]]:
-    """Segment the images at `paths` and write their files (see the module docstring) to `out_dir`.
+) -> PredictRun:
+    """Segment `items` (`training.prediction_inputs`) and write their files (see the module docstring) to `out_dir`.
 
     `threshold` applies to panoptic and instance segmentation; `mask_threshold`, `overlap_mask_area_threshold` and
     `stuff_classes` (classes fused into one segment per image; None: `default_stuff_classes`) to panoptic
-    segmentation. Returns the path of `predictions.json` and one message per image that could not be read (also
-    passed to `report` as it happens)."""
+    segmentation. `out_dir` may hold an earlier run with the same settings (its images are skipped) or, with
+    `overwrite`, anything (removed first); `inputs` (any JSON value describing them) and `model_source` are part of
+    the settings. With several `processes` (default: the running `torch.distributed` group), every process is given
+    the same `items` and segments its share; all of them return the same counts. `report` receives one message per
+    image that could not be used, as it happens. Raises `OutputConflictError` (a `ValueError`) if `out_dir` holds
+    results of other settings or cannot be written."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    device = torch.device(device)
-    forward = prepare_model(model, device, dtype)
+    processes = processes or Processes.current()
+    out_dir, device = Path(out_dir), torch.device(device)
     id2label = {int(label): name for label, name in model.config.id2label.items()}
     if stuff_classes is None:
         stuff_classes = default_stuff_classes(processor, id2label)
-    options = {"threshold": threshold}
+    options: dict[str, Any] = {"threshold": threshold} if task != "semantic" else {}
     if task == "panoptic":
         options.update(mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
-                       stuff_classes=stuff_classes)  # fmt: skip
-    writer = ResultWriter(Path(out_dir), task, id2label, stuff_classes)
-    names = output_names(paths)
-    numeric = all(name.isdigit() for name in names) and len({int(name) for name in names}) == len(names)
-    image_ids: list[int | str] = [int(name) for name in names] if numeric else names
+                       stuff_classes=None if stuff_classes is None else list(stuff_classes))  # fmt: skip
+    manifest = run_manifest(model, processor, task, options, dtype, model_source, inputs)
+    conflict = None
+    if processes.is_main:
+        try:
+            prepare_output(out_dir, manifest, overwrite)
+        except OutputConflictError as error:
+            conflict = str(error)
+        except OSError as error:
+            conflict = f"{out_dir}: cannot write the results there ({first_line(error)})"
+    conflict = processes.broadcast(conflict)  # the others wait until the folder is ready
+    if conflict is not None:
+        raise OutputConflictError(conflict)
+
+    claims = NameClaims(processes.rank, processes.world_size)
+    claims.load(out_dir / RECORDS_DIR)
+    records = RecordWriter(out_dir / RECORDS_DIR, processes.rank)
+    writer = ResultWriter(out_dir, task, id2label, stuff_classes)
+    segment = _Segmenter(prepare_model(model, device, dtype), processor, task, options)
     problems: list[str] = []
-    bar = tqdm(total=len(paths), desc=f"eomt predict ({task})", unit="img", file=sys.stderr, disable=not progress)
-    with bar:
-        for start, (indices, images, inputs, batch_problems) in _batches(paths, processor, batch_size):
-            for problem in batch_problems:
-                if report is not None:
-                    report(problem)
-            problems += batch_problems
-            if inputs is not None:
-                outputs = forward(inputs["pixel_values"], inputs.get("patch_offsets"))
-                with torch.inference_mode():
-                    results = post_process(processor, outputs, inputs["original_sizes"], task, options)
-                for index, image, result in zip(indices, images, results):
-                    writer.add(names[start + index], image_ids[start + index], image, result)
-            bar.update(min(batch_size, len(paths) - start))
-    return writer.finish(), problems
+    segmented = skipped = 0
+
+    def problem(message: str) -> None:
+        problems.append(message)
+        if report is not None:
+            report(message)
+
+    where = "" if processes.world_size == 1 else f", process {processes.rank + 1}/{processes.world_size}"
+    show = progress and processes.is_main
+    bar = tqdm(desc=f"eomt predict ({task}{where})", unit="img", file=sys.stderr, disable=not show)
+    try:
+        with bar:
+            for batch in _prefetched(_read_batches(items, claims, processor, batch_size)):
+                for message in batch.problems:
+                    problem(message)
+                skipped += batch.skipped
+                for item, image, result in zip(batch.items, batch.images, segment(batch) if batch.items else []):
+                    if isinstance(result, str):
+                        problem(result)
+                        continue
+                    try:
+                        fields = writer.write(item.name, image, result)
+                    except OSError as error:
+                        if error.errno not in _NAME_ERRORS:
+                            raise
+                        problem(f"{item.source}: cannot write its results as {item.name!r} ({first_line(error)})")
+                        continue
+                    records.write(item.name, item.identity, fields)
+                    segmented += 1
+                bar.update(batch.size)
+    finally:
+        size = records.close()
+    counts = processes.gather((size, segmented, skipped, len(problems)))  # every process is done
+    merged: tuple[str | None, int] = (None, 0)
+    if processes.is_main:
+        merged = _merge(out_dir, task, writer.categories(), [count[0] for count in counts])
+    error, images = processes.broadcast(merged)
+    if error is not None:
+        raise OutputConflictError(error)
+    totals = np.sum([count[1:] for count in counts], axis=0).tolist()
+    return PredictRun(out_dir / PREDICTIONS_FILE, images, totals[0], totals[1], totals[2], problems)
+
+
+def _merge(out_dir: Path, task: str, categories: list[dict[str, Any]], sizes: list[int]) -> tuple[str | None, int]:
+    """`merge_records` once the records of every process are seen here: `(error message or None, images)`."""
+    for rank, size in enumerate(sizes):
+        path = out_dir / RECORDS_DIR / f"rank{rank}.jsonl"
+        seen = path.stat().st_size if path.is_file() else 0
+        if seen != size:
+            return (f"{path}: process {rank} wrote {size} bytes, this process sees {seen}: the output folder must be "
+                    f"one that every process shares (its results stay in its own copy; rerun to merge)"), 0  # fmt: skip
+    return None, merge_records(out_dir, task, categories)[1]
+
+
+def predict_files(
+    model: EoMTForUniversalSegmentation,
+    processor: EoMTImageProcessor,
+    paths: Iterable[str | os.PathLike],
+    out_dir: str | Path,
+    task: str,
+    **options: Any,
+) -> tuple[Path, list[str]]:
+    """`run_predictions` for image files, each named by its stem: returns the path of `predictions.json` and one
+    message per image that could not be used."""
+    run = run_predictions(model, processor, file_items(paths), out_dir, task, **options)
+    return run.predictions, run.problems

@@ -40,9 +40,9 @@ def predict_section(context: BenchmarkContext) -> list[Result]:
         for path, image in zip(paths, random_photos(PREDICT_IMAGES, side * 3 // 4, side, context.args.seed)):
             image.save(path)
 
-        def predict(dtype: torch.dtype) -> None:
+        def predict(dtype: torch.dtype) -> None:  # overwrite: every round segments every image (no resuming)
             predict_files(model, processor, paths, root / str(dtype), "panoptic", device=context.device, dtype=dtype,
-                          progress=False)  # fmt: skip
+                          overwrite=True, progress=False)  # fmt: skip
 
         def cast_forward() -> None:
             with torch.inference_mode():

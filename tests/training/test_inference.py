@@ -1,7 +1,6 @@
-"""`training.inference`: finding images, output names, segment areas and boxes, and the model's forward per dtype
-(the files it writes are checked through `eomt predict` in `tests/training/commands/test_predict.py`)."""
-
-from pathlib import Path
+"""`training.inference`: segment areas and boxes, and the model's forward per dtype (the files it writes are checked
+through `eomt predict` in `tests/training/commands/test_predict.py`; inputs and the output store in
+`test_prediction_inputs.py` and `test_prediction_store.py`)."""
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from modeling_eomt import EoMTForUniversalSegmentation
 from tests.modeling.helpers import perturb_, tiny_config
-from training.inference import find_images, output_names, prepare_model, segment_areas_and_boxes
+from training.inference import prepare_model, segment_areas_and_boxes
 
 
 def tiny_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
@@ -33,32 +32,6 @@ def test_prepare_model_runs_half_precision_with_enable_fast_inference(dtype):
     assert (half.float() - reference).abs().mean() < tolerance * reference.abs().mean()
     full = prepare_model(model, torch.device("cpu"), torch.float32)(pixel_values).masks_queries_logits
     assert torch.equal(full, reference)
-
-
-def test_find_images_in_directories_and_globs(tmp_path, monkeypatch):
-    for name in ("b.png", "a.JPG", "c.txt", "sub/d.png", "sub/deeper/e.webp", "empty/.keep"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    monkeypatch.chdir(tmp_path)
-    assert find_images(["."]) == ([Path("a.JPG"), Path("b.png")], [])  # sorted, images only, not recursive
-    paths, problems = find_images(["."], recursive=True)
-    assert paths == [Path(p) for p in ("a.JPG", "b.png", "sub/d.png", "sub/deeper/e.webp")] and not problems
-    expected = [Path(p) for p in ("b.png", "sub/d.png", "sub/deeper/e.webp")]
-    assert find_images(["*.png", "sub/*"]) == (expected, [])  # a matched directory gives its images
-    assert find_images(["**/*.png"], recursive=True)[0] == [Path("b.png"), Path("sub/d.png")]
-    assert find_images(["b.png", "a.JPG", "./b.png", "*.png"]) == ([Path("b.png"), Path("a.JPG")], [])  # first kept
-    assert find_images(["c.txt"]) == ([Path("c.txt")], [])  # a file named explicitly is read (and may fail) later
-    paths, problems = find_images(["empty", "missing.png", "*.gif", "b.png"])
-    assert paths == [Path("b.png")]
-    assert problems == [
-        "empty: no image files in this directory (see --recursive)",
-        "missing.png: no such file or directory",
-        "*.gif: no image file matches this pattern",
-    ]
-
-
-def test_output_names_are_unique():
-    assert output_names([Path("x/1.png"), Path("y/1.png"), Path("z/1-2.png"), Path("2.jpg")]) == ["1", "1-2", "1-2-2", "2"]
 
 
 def test_segment_areas_and_boxes():

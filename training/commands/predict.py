@@ -1,26 +1,34 @@
 """`eomt predict`: segment image files with an EoMT checkpoint; write overlays and COCO-format results.
 
-The arguments become a model, a processor, image paths and options here; `training.inference.predict_files` does
-the work and documents the files it writes.
+The arguments become a model, a processor, the images (`training.prediction_inputs`, walked lazily) and options here;
+`training.inference.run_predictions` does the work and documents the files it writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from training.commands.arguments import (
+    INPUT_ERROR_STATUS,
     InputError,
     add_conversion_arguments,
     conversion_overrides,
+    is_main_process,
     report_error,
     resolve_device,
 )
 
 report = partial(report_error, "predict")
+
+
+SOME_INPUTS_FAILED_STATUS = 3
+"""Exit status of a run that wrote every image it could but skipped some inputs (each reported on one line)."""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -29,16 +37,35 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="segment image files; write overlays and COCO-format results",
         description="Segment images with an EoMT checkpoint (this package's or transformers' format, or the authors' "
         "original .bin/.ckpt, converted on the fly). Writes OUT/overlays/*.png and OUT/predictions.json, plus "
-        "OUT/panoptic/*.png (COCO panoptic PNGs) or OUT/semantic/*.png (class-index PNGs). Exit status: 0 all "
-        "images done, 1 some inputs unreadable (the others are done), 2 unusable model, device or option.",
+        "OUT/panoptic/*.png (COCO panoptic PNGs) or OUT/semantic/*.png (class-index PNGs), and OUT/run.json and "
+        "OUT/records/ that make the run resumable: rerun the same command to finish an interrupted run (images done "
+        "are skipped). Under `accelerate launch` / `torchrun` the processes share the images out and write one "
+        "result. Exit status: 0 every image done, 3 some inputs unusable (each reported; the others done), 2 unusable "
+        "model, device, option or output folder (nothing done).",
     )
     predict.add_argument("model", help="model directory or Hub id, or the authors' original checkpoint file")
-    predict.add_argument("images", nargs="+", help="image files, directories, or glob patterns (quoted)")
+    predict.add_argument("images", nargs="*", help="image files, directories, or glob patterns (quoted)")
     predict.add_argument("--task", choices=("panoptic", "instance", "semantic"), default="panoptic")
     predict.add_argument("--out", default="outputs/predict", help="output directory (default: outputs/predict)")
+    predict.add_argument(
+        "--overwrite", action="store_true",
+        help="remove the results of an earlier run in --out first (by default a run with the same settings resumes it, "
+        "and other settings are an error)",
+    )  # fmt: skip
     predict.add_argument("--recursive", action="store_true", help="also images in sub-directories (and ** in globs)")
+    predict.add_argument(
+        "--hf-dataset", metavar="NAME_OR_PATH",
+        help="also segment a datasets split, streamed: Hub id, data folder or save_to_disk folder",
+    )  # fmt: skip
+    predict.add_argument("--split", help="--hf-dataset: the split (default: the only one)")
+    predict.add_argument("--image-column", default="image", help="--hf-dataset: the image column (default: image)")
+    predict.add_argument(
+        "--name-column", help="--hf-dataset: the column naming each image (default: the row number, 00000000 on)"
+    )
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass, of any sizes (default: 1)")
-    predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    predict.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, cuda:N or mps; cuda under several processes: one GPU each"
+    )
     predict.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
         help="float32 (default), or autocast to bfloat16 (about 1.6x faster on CPUs with AVX-512 BF16) or float16 "
@@ -98,37 +125,100 @@ def parse_stuff_classes(text: str, num_labels: int) -> list[int]:
     return classes
 
 
-def run(args: argparse.Namespace) -> int:
-    """Exit status 0 when every image was processed, 1 when some input could not be read (the others are
-    processed); an unusable model, device or option is an `InputError` (exit status 2, nothing processed)."""
+def _process_device(device: Any, processes: Any) -> Any:
+    """`--device cuda` under several processes: the GPU of this process's local rank."""
     import torch
 
-    from training.inference import find_images, load_processor, predict_files
+    if device.type != "cuda" or device.index is not None or processes.world_size == 1:
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", processes.rank))
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def _dataset_input(args: argparse.Namespace) -> tuple[Any, Any]:
+    """`--hf-dataset` as a `DatasetInput` and its opened split (None, None without it)."""
+    from training.prediction_inputs import DatasetInput, open_dataset
+
+    if args.hf_dataset is None:
+        return None, None
+    spec = DatasetInput(args.hf_dataset, args.split, args.image_column, args.name_column)
+    try:
+        return spec, open_dataset(spec)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status 0 when every image was processed, `SOME_INPUTS_FAILED_STATUS` when some input could not be used
+    (the others are processed); an unusable model, device, option or output folder is an `InputError` (exit status
+    2, nothing processed). Every process of a launch returns the same status; process 0 alone prints the error."""
+    try:
+        return _run(args)
+    except InputError:
+        if is_main_process():
+            raise
+        return INPUT_ERROR_STATUS
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.inference import OutputConflictError, load_processor, run_predictions
+    from training.prediction_inputs import input_problem, iter_dataset_images, iter_images
+    from training.prediction_store import launched_processes
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out}: exists and is not a directory")
+    if not args.images and args.hf_dataset is None:
+        raise InputError("no images given: name image files, directories or patterns, or --hf-dataset")
     device = resolve_device(args.device)
-    paths, problems = find_images(args.images, recursive=args.recursive)
-    for problem in problems:
-        report(problem)
-    if not paths:
-        report("no images to process")
-        return 1
-    model = load_model(args.model, args.delta_base, args.dataset, **conversion_overrides(args))
-    processor = load_processor(args.model, model.config, args.task)
-    stuff_classes = None
-    if args.stuff_classes is not None:
-        stuff_classes = parse_stuff_classes(args.stuff_classes, model.config.num_labels)
-    predictions, failed = predict_files(
-        model, processor, paths, args.out, args.task, batch_size=args.batch_size, device=device,
-        dtype=getattr(torch, args.dtype), threshold=args.threshold, mask_threshold=args.mask_threshold,
-        overlap_mask_area_threshold=args.overlap_threshold, stuff_classes=stuff_classes, report=report,
-    )  # fmt: skip
-    problems += failed
-    print(f"segmented {len(paths) - len(failed)} of {len(paths)} image(s): wrote {predictions} and "
-          f"{Path(args.out) / 'overlays'}/")
-    if problems:
-        print(f"eomt predict: {len(problems)} input(s) could not be used (see the errors above)", file=sys.stderr)
-    return 1 if problems else 0
+    with launched_processes() as processes:
+        device = _process_device(device, processes)
+        input_problems: list[str] = []
+
+        def input_failed(message: str) -> None:  # every process walks the same inputs: process 0 reports
+            input_problems.append(message)
+            if processes.is_main:
+                report(message)
+
+        for item in args.images:
+            problem = input_problem(item)
+            if problem is not None:
+                input_failed(problem)
+        images = [item for item in args.images if input_problem(item) is None]
+        spec, split = _dataset_input(args)
+        peeked: list[str] = []  # the walk stops at the first image: these are reported by the run's walk
+        if spec is None and next(iter_images(images, args.recursive, report=peeked.append), None) is None:
+            for message in peeked:
+                input_failed(message)
+            raise InputError("no images to process")
+        model = load_model(args.model, args.delta_base, args.dataset, **conversion_overrides(args))
+        processor = load_processor(args.model, model.config, args.task)
+        stuff_classes = None
+        if args.stuff_classes is not None:
+            stuff_classes = parse_stuff_classes(args.stuff_classes, model.config.num_labels)
+        items = iter_images(images, args.recursive, report=input_failed)
+        if spec is not None:
+            items = itertools.chain(items, iter_dataset_images(spec, split))
+        inputs = {"images": [os.path.abspath(item) for item in args.images], "recursive": args.recursive,
+                  "dataset": None if spec is None else spec.describe()}  # fmt: skip
+        source = os.path.abspath(args.model) if Path(args.model).exists() else args.model
+        try:
+            result = run_predictions(
+                model, processor, items, args.out, args.task, batch_size=args.batch_size, device=device,
+                dtype=getattr(torch, args.dtype), threshold=args.threshold, mask_threshold=args.mask_threshold,
+                overlap_mask_area_threshold=args.overlap_threshold, stuff_classes=stuff_classes,
+                overwrite=args.overwrite, model_source=source, inputs=inputs, processes=processes, report=report,
+            )  # fmt: skip
+        except OutputConflictError as error:
+            raise InputError(str(error)) from None
+    failed = result.failed + len(input_problems)
+    if processes.is_main:
+        done = f", {result.skipped} already done" if result.skipped else ""
+        print(f"segmented {result.segmented} image(s){done}: {result.predictions} lists {result.images}; overlays in "
+              f"{Path(args.out) / 'overlays'}/")  # fmt: skip
+        if failed:
+            print(f"eomt predict: {failed} input(s) could not be used (see the errors above)", file=sys.stderr)
+    return SOME_INPUTS_FAILED_STATUS if failed else 0

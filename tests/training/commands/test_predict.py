@@ -248,6 +248,125 @@ def test_numeric_names_become_integer_image_ids(workspace, tmp_path):
     assert detections and {detection["image_id"] for detection in detections} <= {139, 285}
 
 
+def test_images_in_sub_folders_keep_their_folders_and_same_names_get_a_suffix(workspace, tmp_path):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    small = (workspace / "images" / "small.png").read_bytes()
+    for name in ("a.png", "sub/a.png", "b.png"):
+        (images / name).write_bytes(small)
+    Image.open(workspace / "images" / "wide.png").save(images / "a.jpg")
+    assert run(workspace / "model", images, "--recursive", "--task", "semantic", "--out", tmp_path / "out") == 0
+    document = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    names = [entry["file_name"] for entry in document["annotations"]]
+    assert names == ["a.png", "a~2.png", "b.png", "sub/a.png"]  # sorted by name
+    assert [entry["image_id"] for entry in document["annotations"]] == ["a", "a~2", "b", "sub/a"]
+    sizes = {Image.open(tmp_path / "out" / "semantic" / name).size for name in names[:2]}
+    assert sizes == {(36, 30), (80, 48)}  # a.png and a.jpg both segmented, under two names
+    assert (tmp_path / "out" / "overlays" / "sub" / "a.png").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Runs into the same folder: resumed, refused, overwritten
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_rerun_resumes_an_interrupted_run(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(workspace / "model", workspace / "images", "--out", out, *PANOPTIC_OPTIONS) == 0
+    complete = (out / "predictions.json").read_bytes()
+    assert run(workspace / "model", workspace / "images", "--out", out, *PANOPTIC_OPTIONS) == 0
+    assert "segmented 0 image(s), 3 already done" in capsys.readouterr().out
+    assert (out / "predictions.json").read_bytes() == complete
+
+    records = out / "records" / "rank0.jsonl"
+    first, second, _ = records.read_text().splitlines(keepends=True)
+    records.write_text(first + second[:40])  # as a run killed while writing its second record leaves it
+    (out / "predictions.json").unlink()
+    assert run(workspace / "model", workspace / "images", "--out", out, *PANOPTIC_OPTIONS) == 0
+    assert "segmented 2 image(s), 1 already done" in capsys.readouterr().out
+    assert (out / "predictions.json").read_bytes() == complete
+    assert len(records.read_text().splitlines()) == 3
+
+
+def test_other_settings_in_the_same_folder_are_refused_and_overwrite_replaces(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    images = workspace / "images"
+    assert run(workspace / "model", images, "--out", out, *PANOPTIC_OPTIONS) == 0
+    torch.manual_seed(1)
+    tiny_model().save_pretrained(tmp_path / "other_model")
+    capsys.readouterr()
+    refused = {
+        "task": [workspace / "model", images, "--task", "semantic"],
+        "threshold": [workspace / "model", images, "--threshold", "0.5", "--overlap-threshold", "0.3"],
+        "model": [tmp_path / "other_model", images, *PANOPTIC_OPTIONS],
+        "inputs": [workspace / "model", images / "wide.png", *PANOPTIC_OPTIONS],
+        "dtype": [workspace / "model", images, "--dtype", "bfloat16", *PANOPTIC_OPTIONS],
+    }
+    for argv in refused.values():
+        assert run(*argv, "--out", out) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == len(refused)
+    expected = ['task: "panoptic" before, "semantic" now', "options.threshold: 0.3 before, 0.5 now",
+                f"model: other weights ({workspace / 'model'} before, {tmp_path / 'other_model'} now)",
+                "inputs.images: ", 'options.dtype: "float32" before, "bfloat16" now']  # fmt: skip
+    for error, difference in zip(errors, expected):
+        assert error.startswith(f"eomt predict: error: {out} holds predictions of a run with other settings (")
+        assert difference in error and error.endswith("pass --overwrite (overwrite=True) to replace them, or write to another folder")
+    assert sorted(path.name for path in (out / "panoptic").iterdir()) == ["small.png", "tall.png", "wide.png"]  # kept
+
+    assert run(workspace / "model", images / "wide.png", "--task", "semantic", "--out", out, "--overwrite") == 0
+    assert not (out / "panoptic").exists()  # the earlier run's files are gone
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == ["wide.png"]
+    document = json.loads((out / "predictions.json").read_text())
+    assert [entry["file_name"] for entry in document["annotations"]] == ["wide.png"]
+    assert json.loads((out / "run.json").read_text())["task"] == "semantic"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image modes and data sets
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_every_image_mode_is_segmented_as_the_8_bit_rgb_it_shows(workspace, tmp_path):
+    """16-bit, 32-bit, float, gray + alpha, palette + transparency, CMYK and 1-bit files give the segmentation of the
+    8-bit RGB image they show (64x80: the semantic input needs no resizing, so 16-bit precision cannot change it)."""
+    from tests.training.test_prediction_inputs import mode_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    modes = mode_images(size=(64, 80))
+    for index, (image, file_format, rgb) in enumerate(modes.values()):
+        image.save(images / f"mode{index}.{file_format.lower()}", format=file_format)
+        Image.fromarray(rgb.round().astype(np.uint8)).save(images / f"rgb{index}.png")
+    assert run(workspace / "model", images, "--task", "semantic", "--out", tmp_path / "out") == 0
+    classes_seen = set()
+    for index in range(len(modes)):
+        mode, reference = (np.asarray(Image.open(tmp_path / "out" / "semantic" / f"{kind}{index}.png"))
+                           for kind in ("mode", "rgb"))  # fmt: skip
+        np.testing.assert_array_equal(mode, reference, err_msg=list(modes)[index])
+        classes_seen |= set(np.unique(mode).tolist())
+    assert len(classes_seen) > 1
+
+
+def test_a_datasets_split_gives_what_its_images_as_files_give(workspace, tmp_path):
+    import datasets
+
+    paths = image_paths(workspace)
+    rows = datasets.Dataset.from_dict({"image": [Image.open(path).convert("RGB") for path in paths]})
+    rows.cast_column("image", datasets.Image()).save_to_disk(tmp_path / "dataset")
+    files = tmp_path / "files"
+    files.mkdir()
+    for index, path in enumerate(paths):
+        Image.open(path).convert("RGB").save(files / f"{index:08d}.png")
+    assert run(workspace / "model", "--hf-dataset", tmp_path / "dataset", "--out", tmp_path / "rows", *PANOPTIC_OPTIONS) == 0
+    assert run(workspace / "model", files, "--out", tmp_path / "files_out", *PANOPTIC_OPTIONS) == 0
+    from_rows, from_files = ((tmp_path / name / "predictions.json").read_bytes() for name in ("rows", "files_out"))
+    assert from_rows == from_files and json.loads(from_rows)["annotations"][0]["image_id"] == 0
+    for index in range(len(paths)):
+        name = f"panoptic/{index:08d}.png"
+        assert (tmp_path / "rows" / name).read_bytes() == (tmp_path / "files_out" / name).read_bytes()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------------------------
@@ -264,7 +383,7 @@ def test_bad_images_are_reported_and_the_others_processed(workspace, tmp_path, c
     status = run(workspace / "model", workspace / "images" / "wide.png", tmp_path / "missing.jpg", tmp_path / "empty",
                  broken, workspace / "images" / "notes.txt", "--out", tmp_path / "out", "--batch-size", 2)  # fmt: skip
     errors = error_lines(capsys.readouterr().err)
-    assert status == 1
+    assert status == 3
     assert errors[:2] == [f"eomt predict: error: {tmp_path / 'missing.jpg'}: no such file or directory",
                           f"eomt predict: error: {tmp_path / 'empty'}: no image files in this directory (see --recursive)"]  # fmt: skip
     assert len(errors) == 4 and str(broken) in errors[2] and "notes.txt" in errors[3]
@@ -272,6 +391,40 @@ def test_bad_images_are_reported_and_the_others_processed(workspace, tmp_path, c
     annotations = json.loads((tmp_path / "out" / "predictions.json").read_text())["annotations"]
     assert [entry["file_name"] for entry in annotations] == ["wide.png"]  # the good image in the bad batch
     assert (tmp_path / "out" / "overlays" / "wide.png").is_file()
+
+
+def test_an_image_the_model_fails_on_is_skipped_and_a_failing_batch_is_retried_image_by_image(
+    workspace, tmp_path, capsys, monkeypatch
+):
+    """A batch the model cannot run (as a GPU out of memory) is run image by image; an image that fails alone is
+    reported (named) and skipped; the others are written."""
+    import training.inference
+
+    prepare = training.inference.prepare_model
+    wide = EoMTImageProcessor(size=64)([Image.open(workspace / "images" / "wide.png")])["pixel_values"][0]
+    batches = []
+
+    def failing_prepare_model(model, device, dtype):
+        forward = prepare(model, device, dtype)
+
+        def failing_forward(pixel_values, patch_offsets=None):
+            batches.append(len(pixel_values))
+            if len(pixel_values) > 1:
+                raise torch.OutOfMemoryError("out of memory for a batch")
+            if torch.equal(pixel_values[0], wide):
+                raise RuntimeError("kernel failed\non two lines")
+            return forward(pixel_values, patch_offsets)
+
+        return failing_forward
+
+    monkeypatch.setattr(training.inference, "prepare_model", failing_prepare_model)
+    assert run(workspace / "model", workspace / "images", "--out", tmp_path, "--batch-size", "3", *PANOPTIC_OPTIONS) == 3
+    assert batches == [3, 1, 1, 1]
+    errors = error_lines(capsys.readouterr().err)
+    assert errors == [f"eomt predict: error: {workspace / 'images' / 'wide.png'}: cannot be segmented "
+                      "(RuntimeError: kernel failed)"]  # fmt: skip
+    annotations = json.loads((tmp_path / "predictions.json").read_text())["annotations"]
+    assert [entry["file_name"] for entry in annotations] == ["small.png", "tall.png"]
 
 
 @pytest.mark.parametrize("kind", ["text file", "directory without config", "missing path", "image as model", "hub id"])
@@ -307,12 +460,12 @@ def test_bad_device_and_options(workspace, tmp_path, capsys):
 
 
 def test_exit_status_of_the_command(workspace, tmp_path):
-    """The real command line: a missing image among good ones exits 1 after processing them; stderr has no traceback."""
+    """The real command line: a missing image among good ones exits 3 after processing them; stderr has no traceback."""
     command = [sys.executable, "-m", "training.commands", "predict", str(workspace / "model"), str(workspace / "images"),
                str(tmp_path / "missing.png"), "--out", str(tmp_path / "out"), "--task", "semantic"]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread is fastest on a shared machine
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     assert error_lines(result.stderr) == [f"eomt predict: error: {tmp_path / 'missing.png'}: no such file or directory"]
     assert "Traceback" not in result.stderr
     assert sorted(path.name for path in (tmp_path / "out" / "semantic").iterdir()) == ["small.png", "tall.png", "wide.png"]
