@@ -25,6 +25,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.utils import logging
 
+from .hub import EoMTImageProcessorHubMixin
 from .inputs import ImageInput, as_image_list, to_label_array, to_rgb_array
 from .post_processing import post_process_instance, post_process_panoptic, post_process_semantic
 from .targets import MaskTarget, check_class_ids, instance_target, panoptic_target, rgb_to_id, semantic_target
@@ -89,7 +90,7 @@ def _output(outputs: Any, name: str) -> Any:
     return getattr(outputs, name, None)
 
 
-class EoMTImageProcessor(BaseImageProcessor):
+class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
     r"""
     Pre- and post-processing for [`EoMTForUniversalSegmentation`] (saved as `preprocessor_config.json`).
 

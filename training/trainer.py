@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
+from modeling_eomt.loss_eomt import MaskClassificationLoss
+
 from .annealing import MaskAnnealingCallback, unwrap_model
 from .data.pipeline import EpochCallback
 from .evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention, is_evaluation_dataset
-from .loss import MaskClassificationLoss
 from .metrics.distributed import all_reduce_sum, is_distributed
 from .optim import layer_decay_parameter_groups, two_stage_warmup_poly_schedule
 
@@ -86,7 +87,7 @@ class EoMTTrainer(Trainer):
       results of the last evaluation are kept in `eval_per_class`. Other eval data sets (`pixel_values` + targets)
       get `Trainer`'s loop and only `eval_loss`.
 
-    Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `training.loss`).
+    Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `modeling_eomt.loss_eomt`).
 
     Args (besides `Trainer`'s):
         loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(model.config)`.
