@@ -7,19 +7,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .remote_code import PROCESSOR_AUTO_MAP, PROCESSOR_MODULES, write_remote_code
-
-PREPROCESSOR_CONFIG = "preprocessor_config.json"
+from .remote_code import PROCESSOR_MODULES, point_auto_map, write_remote_code
 
 
 class EoMTImageProcessorHubMixin:
-    """Writes the remote code and `auto_map` with the processor config (`save_pretrained`)."""
+    """Writes the remote code with the processor config (`save_pretrained`); `auto_map` as `point_auto_map` says."""
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> list[str]:
         """`ImageProcessingMixin.save_pretrained`, plus the remote-code files (uploaded too with `push_to_hub`)."""
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "create_pr") if key in kwargs}
         files = super().save_pretrained(save_directory, **kwargs)
-        files += [str(path) for path in write_remote_code(save_directory, PROCESSOR_MODULES, PROCESSOR_AUTO_MAP, PREPROCESSOR_CONFIG)]
+        files += [str(path) for path in write_remote_code(save_directory, PROCESSOR_MODULES)]
+        point_auto_map(save_directory)
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             commit_message = hub_kwargs.pop("commit_message", None)

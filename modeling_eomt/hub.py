@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from image_processing.remote_code import MODEL_AUTO_MAP, MODEL_MODULES, write_remote_code
+from image_processing.remote_code import MODEL_AUTO_MAP, MODEL_MODULES, PROCESSOR_MODULES, point_auto_map, write_remote_code
 
 from .checkpoints.transformers_eomt import load_transformers_eomt
 from .model_card import CARD_NAME, is_generated, write_model_card
@@ -44,7 +44,8 @@ class EoMTHubMixin:
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", args[0] if args else True):
             return
-        write_remote_code(save_directory, MODEL_MODULES, MODEL_AUTO_MAP)
+        write_remote_code(save_directory, MODEL_MODULES + PROCESSOR_MODULES)  # `auto_map` names the processor too
+        point_auto_map(save_directory)
         write_model_card(self.config, save_directory)
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)

@@ -196,16 +196,14 @@ class EoMTTrainer(Trainer):
                 f"EoMTTrainer batches need pixel_values, mask_labels and class_labels; missing {missing} "
                 f"(batch keys: {sorted(inputs)}). Use EoMTDataCollator and keep those columns."
             )
-        outputs = model(pixel_values=inputs["pixel_values"])
-        loss, components = self.loss_fn(
-            outputs.masks_queries_logits,
-            outputs.class_queries_logits,
-            inputs["mask_labels"],
-            inputs["class_labels"],
-            outputs.intermediate_masks_queries_logits,
-            outputs.intermediate_class_queries_logits,
-        )
-        outputs["loss"] = loss
+        pixel_values = inputs["pixel_values"]
+        outputs = model(pixel_values=pixel_values)
+        # The model's own loss (what `model(pixel_values, mask_labels=..., class_labels=...)` returns), with `loss_fn`.
+        loss, components = unwrap_model(model).compute_loss(
+            outputs, inputs["mask_labels"], inputs["class_labels"], input_size=tuple(pixel_values.shape[-2:]),
+            loss_fn=self.loss_fn,
+        )  # fmt: skip
+        outputs["loss"], outputs["loss_components"] = loss, components
         return loss, components, outputs
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
