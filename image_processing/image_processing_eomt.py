@@ -191,6 +191,17 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
         config["image_processor_type"] = type(self).__name__
         return config
 
+    def to_transformers_eomt_dict(self) -> dict[str, Any]:
+        """These settings as a config of transformers' own `EomtImageProcessor` (`preprocessor_config.json` of a
+        checkpoint in transformers' EoMT format; `from_dict` reads it back). transformers' `ignore_index` means label
+        reduction with that void value."""
+        names = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                 "image_std", "do_split_image", "do_pad")  # fmt: skip
+        config = {name: getattr(self, name) for name in names}
+        config["ignore_index"] = self.ignore_index if self.reduce_labels else None
+        config["image_processor_type"] = "EomtImageProcessor"
+        return config
+
     # ------------------------------------------------------------------------------------------------------------
     # Geometry
     # ------------------------------------------------------------------------------------------------------------

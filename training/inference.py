@@ -14,8 +14,9 @@ output directory:
   every pixel gets a class, there is no "none" value), and `predictions.json` `{"annotations": [{"image_id",
   "file_name"}], "categories": [{"id", "name"}]}`.
 
-`category_id` is the model's class index, except for models whose classes are COCO's (`modeling_eomt.labels`
-presets): there it is the COCO category id, so that panopticapi and pycocotools read the results directly.
+`category_id` is the data set's own category id of the class (`config.category_ids`, recorded by `eomt train`; COCO's
+ids for models with COCO's classes; else the class index: `modeling_eomt.labels.class_category_ids`), so that
+panopticapi and pycocotools score the results against the data set's ground truth directly.
 `image_id` is the name as an int when every name is a number (COCO's file names), else the name. Boxes are COCO's
 `[x, y, width, height]`.
 
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 
 from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map, to_rgb_array
 from modeling_eomt import EoMTForUniversalSegmentation
-from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
+from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES, class_category_ids
 from training.metrics.mask_ap import encode_masks
 
 TASKS = ("panoptic", "instance", "semantic")
@@ -346,6 +347,7 @@ def predict_files(
         options.update(mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,
                        stuff_classes=stuff_classes)  # fmt: skip
     writer = ResultWriter(Path(out_dir), task, id2label, stuff_classes)
+    writer.category_ids = class_category_ids(model.config)  # the data set's own ids (config.category_ids) when known
     names = output_names(paths)
     numeric = all(name.isdigit() for name in names) and len({int(name) for name in names}) == len(names)
     image_ids: list[int | str] = [int(name) for name in names] if numeric else names
