@@ -282,11 +282,13 @@ def parse_id2label(text: str) -> tuple[dict[int, str], list[int] | None]:
     """Class names given as inline JSON or a JSON file: `{"id": "name", ...}` (ids: the data set's, or 0..K-1), or COCO
     categories (`[{"id", "name", "isthing"?}, ...]`, or a COCO annotation file holding them under "categories").
     Returns `id2label` and the ids that are things (None when not said)."""
-    path = Path(text)
+    inline = text.lstrip().startswith(("{", "["))
+    if not inline and not Path(text).is_file():
+        raise ValueError(f"--id2label {text!r}: no such file, and not inline JSON")
     try:
-        value = json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
+        value = json.loads(text if inline else Path(text).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"--id2label: neither a JSON file nor inline JSON ({error}): {text[:80]!r}") from None
+        raise ValueError(f"--id2label: not valid JSON ({error}): {text[:80]!r}") from None
     if isinstance(value, dict) and isinstance(value.get("categories"), list):
         value = value["categories"]
     if isinstance(value, list):
