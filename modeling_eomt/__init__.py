@@ -10,13 +10,11 @@ Every folder that `save_pretrained` writes also carries the remote code of the m
 that it loads with `trust_remote_code=True` where this package is not installed, and a model card (`README.md`).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageSegmentation,
-    AutoModelForUniversalSegmentation,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageSegmentation, AutoModelForUniversalSegmentation
+
+# From its module: without torchvision some transformers versions (5.13 to 5.17) export a placeholder that refuses every
+# use, the real class included registration.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from image_processing.image_processing_eomt import EoMTImageProcessor
 
