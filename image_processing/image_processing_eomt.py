@@ -25,6 +25,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.utils import logging
 
+from .hub import EoMTImageProcessorHubMixin
 from .inputs import ImageInput, as_image_list, to_label_array, to_rgb_array
 from .post_processing import post_process_instance, post_process_panoptic, post_process_semantic
 from .targets import MaskTarget, check_class_ids, instance_target, panoptic_target, rgb_to_id, semantic_target
@@ -89,7 +90,7 @@ def _output(outputs: Any, name: str) -> Any:
     return getattr(outputs, name, None)
 
 
-class EoMTImageProcessor(BaseImageProcessor):
+class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
     r"""
     Pre- and post-processing for [`EoMTForUniversalSegmentation`] (saved as `preprocessor_config.json`).
 
@@ -188,6 +189,17 @@ class EoMTImageProcessor(BaseImageProcessor):
     def to_dict(self) -> dict[str, Any]:
         config = {key: value for key, value in vars(self).items() if not key.startswith("_")}
         config["image_processor_type"] = type(self).__name__
+        return config
+
+    def to_transformers_eomt_dict(self) -> dict[str, Any]:
+        """These settings as a config of transformers' own `EomtImageProcessor` (`preprocessor_config.json` of a
+        checkpoint in transformers' EoMT format; `from_dict` reads it back). transformers' `ignore_index` means label
+        reduction with that void value."""
+        names = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                 "image_std", "do_split_image", "do_pad")  # fmt: skip
+        config = {name: getattr(self, name) for name in names}
+        config["ignore_index"] = self.ignore_index if self.reduce_labels else None
+        config["image_processor_type"] = "EomtImageProcessor"
         return config
 
     # ------------------------------------------------------------------------------------------------------------

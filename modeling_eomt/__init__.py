@@ -5,16 +5,16 @@ and `EoMTForUniversalSegmentation` with `AutoModelForUniversalSegmentation` (and
 `image_processing.EoMTImageProcessor` with `AutoImageProcessor`, so that `pipeline("image-segmentation", model=DIR)`
 works after `import modeling_eomt`. The dependency is one-way: `image_processing` never imports this package.
 transformers' own `eomt` / `eomt_dinov3` model types are left untouched.
+
+Every folder that `save_pretrained` writes also carries the remote code of the model and processor (`auto_map`), so
+that it loads with `trust_remote_code=True` where this package is not installed, and a model card (`README.md`).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageSegmentation,
-    AutoModelForUniversalSegmentation,
-)
-from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES
+from transformers import AutoConfig, AutoModel, AutoModelForImageSegmentation, AutoModelForUniversalSegmentation
+
+# From its module: without torchvision some transformers versions (5.13 to 5.17) export a placeholder that refuses every
+# use, the real class included registration.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from image_processing.image_processing_eomt import EoMTImageProcessor
 
@@ -31,9 +31,6 @@ AutoConfig.register(EoMTConfig.model_type, EoMTConfig, exist_ok=True)
 AutoModel.register(EoMTConfig, EoMTModel, exist_ok=True)
 AutoModelForUniversalSegmentation.register(EoMTConfig, EoMTForUniversalSegmentation, exist_ok=True)
 AutoModelForImageSegmentation.register(EoMTConfig, EoMTForUniversalSegmentation, exist_ok=True)
-# The image-segmentation pipeline checks the model's class name against this table only (registered classes are not
-# consulted) and logs an error otherwise; the entry is inert for the auto classes (its model type has no built-in config).
-MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES.setdefault(EoMTConfig.model_type, EoMTForUniversalSegmentation.__name__)
 AutoImageProcessor.register(
     EoMTConfig, image_processor_classes={"pil": EoMTImageProcessor, "torchvision": EoMTImageProcessor}, exist_ok=True
 )

@@ -67,6 +67,14 @@ class EoMTConfig(PretrainedConfig):
         num_upscale_blocks (`int`, defaults to 2): 2x upscaling blocks applied to the patch grid before the mask
             product (2 gives masks at 1/4 of the input for patch size 16).
         num_labels (`int`): number of classes; the class head predicts `num_labels + 1` logits ("no object" last).
+        category_ids (`list[int]`, *optional*): the data set's own category id of each class index (e.g. COCO's
+            non-contiguous ids 1, 2, ..., 90), written by `eomt predict` in its COCO-format results; None: COCO's ids
+            for COCO's classes, else the class indices.
+
+    Provenance:
+        training_summary (`dict`, *optional*): what the model card (`README.md`, written by `save_pretrained`) reports
+            about how the weights were made: `base_model`, `dataset` (`name`, `task`, `train_split`, `eval_split`),
+            `recipe` (the settings used) and `eval_results` (metric -> value). Filled by the training code.
 
     Loss coefficients (defaults of the paper's recipe, read by the training loss):
         class_weight (2.0), mask_weight (5.0), dice_weight (5.0), no_object_weight (0.1),
@@ -112,6 +120,8 @@ class EoMTConfig(PretrainedConfig):
         train_num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        category_ids: list[int] | None = None,
+        training_summary: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.hidden_size = hidden_size
@@ -148,6 +158,8 @@ class EoMTConfig(PretrainedConfig):
         self.train_num_points = train_num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
+        self.category_ids = None if category_ids is None else [int(category) for category in category_ids]
+        self.training_summary = training_summary
         super().__init__(**kwargs)
         self.validate_architecture()
 

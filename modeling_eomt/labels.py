@@ -11,6 +11,10 @@ The class index is the class head's output index. Sources (facts, checked agains
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 # fmt: off
 # (COCO category id, name); the list index is the class index.
 COCO_PANOPTIC_CATEGORIES: tuple[tuple[int, str], ...] = (
@@ -84,3 +88,19 @@ def dataset_id2label(dataset: str) -> dict[int, str]:
     if dataset not in DATASET_CLASSES:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(DATASET_CLASSES)}")
     return dict(enumerate(DATASET_CLASSES[dataset]))
+
+
+def class_category_ids(config) -> list[int]:
+    """The data set category id of every class index of a model `config`: its `category_ids` (the ids of the data set
+    it was trained on), else COCO's ids when its classes are COCO's panoptic or instance ones, else the indices."""
+    names = tuple(config.id2label[index] for index in sorted(config.id2label))
+    ids = getattr(config, "category_ids", None)
+    if ids is not None:
+        if len(ids) == len(names) and len(set(ids)) == len(ids):
+            return [int(category) for category in ids]
+        logger.warning("config.category_ids %s does not give one distinct id per class (%d classes): using the class "
+                       "indices", ids, len(names))  # fmt: skip
+    for dataset in ("coco_panoptic", "coco_instance"):
+        if names == DATASET_CLASSES[dataset]:
+            return [category_id for category_id, _ in COCO_PANOPTIC_CATEGORIES[: len(names)]]
+    return list(range(len(names)))

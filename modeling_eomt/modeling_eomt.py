@@ -8,6 +8,13 @@ num_blocks`. `EoMTForUniversalSegmentation._forward` runs the same blocks as the
 `num_blocks` blocks it predicts masks and classes (deep supervision) and, with probability `attn_mask_probs[i]`,
 restricts each query's attention to its predicted mask. Faster ways to compute attention and the mask logits are in
 `fast_paths`.
+
+Given `mask_labels` and `class_labels`, `EoMTForUniversalSegmentation.forward` also returns the training loss
+(`loss_eomt.MaskClassificationLoss`, every prediction level), as transformers' models do.
+
+This file is also saved beside the weights as remote code (`image_processing.remote_code`), with its sibling modules
+flattened and `EoMTHubMixin` (the installed package's other checkpoint formats, remote-code and model-card writing)
+left out.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
 from . import fast_paths
-from .checkpoints import check_loading_info, interpolate_position_embeddings, load_transformers_eomt
+from .checkpoints.geometry import interpolate_position_embeddings
+from .checkpoints.loading import check_loading_info
 from .configuration_eomt import EoMTConfig
+from .hub import EoMTHubMixin
+from .loss_eomt import MaskClassificationLoss
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -64,7 +75,10 @@ class EoMTForUniversalSegmentationOutput(ModelOutput):
     Output of [`EoMTForUniversalSegmentation`]; pass it to the image processor's `post_process_*` methods.
 
     Args:
-        loss (`()`): training loss; filled by the training code (`training.EoMTTrainer`), None here.
+        loss (`()`): the training loss (`MaskClassificationLoss`, summed over the final and every intermediate
+            prediction) when the forward was given `mask_labels` and `class_labels`, else None.
+        loss_components (`dict[str, Tensor]`): its unweighted parts, `loss_mask`, `loss_dice`,
+            `loss_cross_entropy` for the final prediction and the same with `_block{i}` for intermediate prediction i.
         class_queries_logits (`(batch, Q, num_labels + 1)`): final class logits; the last class is "no object".
         masks_queries_logits (`(batch, Q, H / 4, W / 4)`): final mask logits (for patch 16 and 2 upscale blocks).
         intermediate_class_queries_logits (`tuple` of `(batch, Q, num_labels + 1)`): the predictions made before
@@ -76,6 +90,7 @@ class EoMTForUniversalSegmentationOutput(ModelOutput):
     """
 
     loss: Tensor | None = None
+    loss_components: dict[str, Tensor] | None = None
     class_queries_logits: Tensor | None = None
     masks_queries_logits: Tensor | None = None
     intermediate_class_queries_logits: tuple[Tensor, ...] | None = None
@@ -399,7 +414,7 @@ class EoMTMaskHead(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class EoMTPreTrainedModel(PreTrainedModel):
+class EoMTPreTrainedModel(EoMTHubMixin, PreTrainedModel):
     config_class = EoMTConfig
     config: EoMTConfig
     base_model_prefix = "eomt"
@@ -408,25 +423,22 @@ class EoMTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["EoMTLayer"]
     _supports_sdpa = True
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: `Trainer` passes no `num_items_in_batch`
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, reinitialize_heads: bool = False, **kwargs
     ):
-        """`PreTrainedModel.from_pretrained`, strict, and also reading transformers' own EoMT checkpoints.
+        """`PreTrainedModel.from_pretrained`, strict (and, with the package installed, also reading transformers' own
+        EoMT checkpoints: see `EoMTHubMixin`).
 
-        A directory or Hub id saved by transformers' `EomtForUniversalSegmentation` or
-        `EomtDinov3ForUniversalSegmentation` is converted on the fly. Any missing, unexpected or mismatched weight is
-        a `ValueError`; with `reinitialize_heads=True` the segmentation heads (class head, mask head, upscale blocks,
-        queries) may be missing or of another shape (e.g. `num_labels` changed for fine-tuning) and are initialised
-        afresh.
+        Any missing, unexpected or mismatched weight is a `ValueError`; with `reinitialize_heads=True` the
+        segmentation heads (class head, mask head, upscale blocks, queries) may be missing or of another shape (e.g.
+        `num_labels` changed for fine-tuning) and are initialised afresh.
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
-        loaded = None if "config" in kwargs else load_transformers_eomt(cls, pretrained_model_name_or_path, **kwargs)
-        if loaded is None:
-            kwargs["ignore_mismatched_sizes"] = True  # mismatches are reported by check_loading_info below
-            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
-        model, info = loaded
+        kwargs["ignore_mismatched_sizes"] = True  # mismatches are reported by check_loading_info below
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
         check_loading_info(model, info, str(pretrained_model_name_or_path), reinitialize_heads)
         return (model, info) if output_loading_info else model
 
@@ -546,11 +558,15 @@ class EoMTModel(EoMTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        original_sizes: Tensor | None = None,
+        resized_sizes: Tensor | None = None,
+        patch_offsets: list[Tensor] | None = None,
     ) -> EoMTModelOutput | tuple:
         """
         Args:
             pixel_values: `(B, C, H, W)` normalised images, H and W multiples of `patch_size`.
+            original_sizes, resized_sizes, patch_offsets: the image processor's bookkeeping, accepted so that
+                `model(**processor(images))` works; unused.
         """
         output_attentions, output_hidden_states, return_dict = self._output_options(
             output_attentions, output_hidden_states, return_dict
@@ -678,21 +694,34 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
     def forward(
         self,
         pixel_values: Tensor,
+        mask_labels: list[Tensor] | None = None,
+        class_labels: list[Tensor] | None = None,
         patch_offsets: list[Tensor] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        is_crowd: list[Tensor] | None = None,
+        original_sizes: Tensor | None = None,
+        resized_sizes: Tensor | None = None,
     ) -> EoMTForUniversalSegmentationOutput | tuple:
         """
         Args:
             pixel_values: `(B, C, H, W)` normalised images, H and W multiples of `patch_size`.
+            mask_labels: per image `(n_i, H, W)` target masks at the resolution of `pixel_values` (transformers'
+                name and format, as `EoMTImageProcessor(images, segmentation_maps=...)` returns them); with
+                `class_labels` the output has the training loss.
+            class_labels: per image `(n_i,)` class indices in `[0, num_labels)`.
             patch_offsets: passed through to the output for sliding-window post-processing.
+            is_crowd: per image `(n_i,)` bool; crowd targets are left out of the loss (as in training).
+            original_sizes, resized_sizes: the image processor's bookkeeping, accepted so that
+                `model(**processor(images))` works; unused.
         """
         output_attentions, output_hidden_states, return_dict = self._output_options(
             output_attentions, output_hidden_states, return_dict
         )
         check_pixel_values(pixel_values, self.config)
+        if (mask_labels is None) != (class_labels is None):
+            raise ValueError("the loss needs both mask_labels and class_labels (got only one of them)")
         inputs = (pixel_values, self._read_attn_mask_probs(), patch_offsets, output_attentions, output_hidden_states)
         if self.training:
             output = self._forward(*inputs)
@@ -702,7 +731,52 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
             with torch.autocast(pixel_values.device.type, dtype=self.inference_dtype):
                 output = (self.compiled_inference or self._forward)(*inputs)
             output = output.float_logits()
+        if mask_labels is not None:
+            output.loss, output.loss_components = self.compute_loss(
+                output, mask_labels, class_labels, is_crowd, input_size=tuple(pixel_values.shape[-2:])
+            )
         return output if return_dict else output.to_tuple()
+
+    def compute_loss(
+        self,
+        outputs: EoMTForUniversalSegmentationOutput,
+        mask_labels: Sequence[Tensor],
+        class_labels: Sequence[Tensor],
+        is_crowd: Sequence[Tensor] | None = None,
+        input_size: tuple[int, int] | None = None,
+        loss_fn: MaskClassificationLoss | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of `outputs` (final and intermediate predictions) and its components.
+
+        Args:
+            outputs: this model's output for the batch.
+            mask_labels, class_labels, is_crowd: as in `forward`; crowd targets are dropped.
+            input_size: `(H, W)` of `pixel_values`, which the target masks must have (checked per image when given).
+            loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(self.config)`.
+        """
+        mask_labels, class_labels = list(mask_labels), list(class_labels)
+        if is_crowd is not None:
+            if len(is_crowd) != len(class_labels):
+                raise ValueError(f"is_crowd has {len(is_crowd)} entries but the batch has {len(class_labels)} images")
+            keep = [~torch.as_tensor(crowd, dtype=torch.bool) for crowd in is_crowd]
+            mask_labels = [masks[k.to(masks.device)] for masks, k in zip(mask_labels, keep)]
+            class_labels = [labels[k.to(labels.device)] for labels, k in zip(class_labels, keep)]
+        if input_size is not None:
+            for index, masks in enumerate(mask_labels):
+                if isinstance(masks, Tensor) and masks.ndim == 3 and tuple(masks.shape[-2:]) != tuple(input_size):
+                    raise ValueError(
+                        f"image {index}: mask_labels are {masks.shape[-2]}x{masks.shape[-1]} but pixel_values are "
+                        f"{input_size[0]}x{input_size[1]}: target masks must have the resolution of the model input"
+                    )
+        loss_fn = loss_fn if loss_fn is not None else MaskClassificationLoss.from_config(self.config)
+        return loss_fn(
+            outputs.masks_queries_logits,
+            outputs.class_queries_logits,
+            mask_labels,
+            class_labels,
+            outputs.intermediate_masks_queries_logits,
+            outputs.intermediate_class_queries_logits,
+        )
 
     def _forward(
         self,
@@ -779,3 +853,8 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         batch, num_queries = patch_mask.shape[:2]
         always = patch_mask.new_ones(batch, num_queries, num_queries + self.eomt.num_prefix_tokens)
         return torch.cat((always, patch_mask), dim=-1)
+
+
+# The image-segmentation pipeline checks a model's class name against this table only (registered classes are not
+# consulted) and logs an error otherwise; the entry is inert for the auto classes (its model type has no built-in config).
+MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES.setdefault(EoMTConfig.model_type, EoMTForUniversalSegmentation.__name__)

@@ -89,6 +89,8 @@ def test_the_commands_on_the_demo_outputs_run(demo_folder, monkeypatch, single_t
 
 def test_every_python_example_runs(demo_folder, monkeypatch, single_thread):
     monkeypatch.chdir(demo_folder)
+    # the remote-code example: transformers copies the folder's code here, not into the user's cache
+    monkeypatch.setattr("transformers.dynamic_module_utils.HF_MODULES_CACHE", str(demo_folder / "modules"))
     blocks = code_blocks("python")
     assert len(blocks) >= 4
     printed = io.StringIO()
@@ -100,3 +102,5 @@ def test_every_python_example_runs(demo_folder, monkeypatch, single_thread):
     for model_dir in ("outputs/finetune/model", "outputs/demo/transformers"):
         assert (Path(model_dir) / "config.json").is_file(), model_dir
     assert (Path("outputs/finetune/model") / "preprocessor_config.json").is_file()
+    assert "modeling_eomt" in printed.getvalue()  # the remote-code example's model class (the installed one here)
+    assert (Path("outputs/plain_trainer/model") / "modeling_eomt.py").is_file()

@@ -8,8 +8,8 @@ The main classes are importable from here (`from training import EoMTTrainer`); 
 import importlib
 
 _EXPORTS = {
-    "HungarianMatcher": "training.loss",
-    "MaskClassificationLoss": "training.loss",
+    "HungarianMatcher": "modeling_eomt.loss_eomt",
+    "MaskClassificationLoss": "modeling_eomt.loss_eomt",
     "MaskAnnealingCallback": "training.annealing",
     "MaskAnnealingSchedule": "training.annealing",
     "layer_decay_parameter_groups": "training.optim",

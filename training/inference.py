@@ -17,10 +17,12 @@ extension; `~2`, `~3`, ... for a second image of the same name) and these files 
 - `run.json` (the settings of the run) and `records/` (one line per image done), which make a run resumable
   (`training.prediction_store`).
 
-`predictions.json` lists the images sorted by name. `category_id` is the model's class index, except for models whose
-classes are COCO's (`modeling_eomt.labels` presets): there it is the COCO category id, so that panopticapi and
-pycocotools read the results directly. `image_id` is the name as an int when every name is a number (COCO's file
-names), else the name. Boxes are COCO's `[x, y, width, height]`.
+`predictions.json` lists the images sorted by name. `category_id` is the data set's own category id of the class
+(`config.category_ids`, recorded by `eomt train`; COCO's ids for models with COCO's classes; else the class index:
+`modeling_eomt.labels.class_category_ids`), so that panopticapi and pycocotools score the results against the data
+set's ground truth directly.
+`image_id` is the name as an int when every name is a number (COCO's file names), else the name. Boxes are COCO's
+`[x, y, width, height]`.
 
 A run never stops for one image: an image that cannot be read, decoded or segmented is reported (named, one line) and
 skipped; the others are written. A second run into the same folder with the same settings skips the images already
@@ -49,7 +51,7 @@ from tqdm.auto import tqdm
 
 from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map
 from modeling_eomt import EoMTForUniversalSegmentation
-from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
+from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES, class_category_ids
 from training.metrics.mask_ap import encode_masks
 from training.prediction_inputs import ImageItem, file_items, first_line, processor_input, read_image
 from training.prediction_store import (
@@ -121,15 +123,6 @@ def class_names(id2label: dict[int, str]) -> tuple[str, ...]:
     return tuple(id2label[label] for label in sorted(id2label))
 
 
-def coco_category_ids(id2label: dict[int, str]) -> list[int] | None:
-    """COCO category id of every class when the classes are COCO's panoptic (133) or instance (80) ones, else None."""
-    names = class_names(id2label)
-    for dataset in ("coco_panoptic", "coco_instance"):
-        if names == DATASET_CLASSES[dataset]:
-            return [category_id for category_id, _ in COCO_PANOPTIC_CATEGORIES[: len(names)]]
-    return None
-
-
 def default_stuff_classes(processor: EoMTImageProcessor, id2label: dict[int, str]) -> list[int] | None:
     """The processor's stuff classes, else COCO's 53 for models with the COCO panoptic classes, else None."""
     if processor.stuff_classes is not None:
@@ -158,9 +151,17 @@ class ResultWriter:
     """Writes the overlay and result files of one task, image by image, and returns what `predictions.json` will say
     about each image."""
 
-    def __init__(self, out_dir: Path, task: str, id2label: dict[int, str], stuff_classes: Sequence[int] | None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        task: str,
+        id2label: dict[int, str],
+        stuff_classes: Sequence[int] | None,
+        category_ids: Sequence[int],
+    ) -> None:
+        """`category_ids[i]`: the category id written for class index `i` (`modeling_eomt.labels.class_category_ids`)."""
         self.out_dir, self.task, self.id2label = out_dir, task, id2label
-        self.category_ids = coco_category_ids(id2label) or sorted(id2label)
+        self.category_ids = list(category_ids)
         self.stuff = None if stuff_classes is None else set(stuff_classes)
         self.result_dir = out_dir / task if task != "instance" else None
         self._folders: set[Path] = set()
@@ -432,7 +433,7 @@ def run_predictions(
     claims = NameClaims(processes.rank, processes.world_size)
     claims.load(out_dir / RECORDS_DIR)
     records = RecordWriter(out_dir / RECORDS_DIR, processes.rank)
-    writer = ResultWriter(out_dir, task, id2label, stuff_classes)
+    writer = ResultWriter(out_dir, task, id2label, stuff_classes, class_category_ids(model.config))
     segment = _Segmenter(prepare_model(model, device, dtype), processor, task, options)
     problems: list[str] = []
     segmented = skipped = 0

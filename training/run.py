@@ -45,6 +45,7 @@ def new_model_config(settings: TrainSettings, info: DatasetInfo, image_size: int
         **settings.model_config,
     }
     fields.update(image_size=image_size, num_labels=info.num_labels, id2label=dict(info.id2label), label2id=info.label2id)
+    fields["category_ids"] = None if info.category_ids is None else list(info.category_ids)
     return fields
 
 
@@ -119,17 +120,20 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         raise ValueError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, or choose "
                          "another --out")  # fmt: skip
 
-    source = load_source(settings.data, settings.train_split, settings.format, settings.task)
+    source = load_source(settings.data, settings.train_split, settings.format, settings.task, **settings.hub_options)
     info = source.info
     image_size = resolve_image_size(settings, info)
     train_dataset = make_train_dataset(source, input_size=image_size, seed=settings.seed)  # validates first
     eval_dataset = None
     if settings.eval_split is not None:
-        eval_dataset = make_eval_dataset(settings.data, settings.eval_split, format=settings.format, task=info.task)
+        eval_dataset = make_eval_dataset(settings.data, settings.eval_split, format=settings.format, task=info.task,
+                                         **settings.hub_options)  # fmt: skip
         _check_same_classes(info, eval_dataset.info)
 
+    model = build_model(settings, info, image_size)
+    record_provenance(model, settings, info)
     trainer = EoMTTrainer(
-        model=build_model(settings, info, image_size),
+        model=model,
         args=_training_arguments(settings, has_eval=eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -153,6 +157,15 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         write_json(output_dir / "log_history.json", trainer.state.log_history)
         plot_training_curves(trainer.state.log_history, output_dir)
     return metrics
+
+
+def record_provenance(model: EoMTForUniversalSegmentation, settings: TrainSettings, info: DatasetInfo) -> None:
+    """The data set's category ids and, for the model card, where the weights start from and which data and splits
+    train them (`EoMTConfig.category_ids`, `training_summary`; `EoMTTrainer` adds the recipe and results)."""
+    model.config.category_ids = None if info.category_ids is None else list(info.category_ids)
+    dataset = {"name": str(settings.data) if settings.format == "hub" else info.name, "task": info.task,
+               "train_split": settings.train_split, "eval_split": settings.eval_split}  # fmt: skip
+    model.config.training_summary = {"base_model": settings.backbone or settings.checkpoint, "dataset": dataset}
 
 
 def resolve_image_size(settings: TrainSettings, info: DatasetInfo) -> int:
@@ -219,12 +232,14 @@ def evaluate(
     use_cpu: bool = False,
     progress: bool = True,
     output: str | os.PathLike | None = None,
+    hub_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the EoMT checkpoint `model_path` on `split` of the data set at `data` (validated first), mask-free
     unless `masked_attention`, with the post-processing's class-score `threshold` (None: the authors' 0.8 for
     panoptic, 0 for instance). Returns the metrics (with `per_class`) and writes them as JSON to `output` (default:
-    `eval_metrics.json` in the model folder when it is local, else in the current folder)."""
-    eval_dataset = make_eval_dataset(data, split, format=format, task=task)
+    `eval_metrics.json` in the model folder when it is local, else in the current folder). `hub_options` as in
+    `TrainSettings`."""
+    eval_dataset = make_eval_dataset(data, split, format=format, task=task, **(hub_options or {}))
     info = eval_dataset.info
     config = EoMTConfig.from_pretrained(model_path)
     if config.num_labels != info.num_labels:

@@ -17,8 +17,10 @@ TASK_DEFAULTS = {
 class TrainSettings:
     """Everything `eomt train` can set; the defaults are the authors' recipe.
 
-    Data: `data` (a folder in one of the layouts of `training.data.load_source`), `format` and `task` (detected when
-    None), `train_split`, `eval_split` (None: no evaluation).
+    Data: `data` (a folder in one of the layouts of `training.data.load_source`, or with `format="hub"` a `datasets`
+    data set name or folder), `format` and `task` (detected when None), `train_split`, `eval_split` (None: no
+    evaluation; `val` and `validation` name the same split), `hub_options` (columns, `id2label`, ... of a `datasets`
+    data set: see `training.data.hub.load_hub_source`).
     Model, exactly one of: `size` (`S`, `B`, `L`, `g`: DINOv2 shapes, random weights), `backbone` (a DINOv2 / DINOv3
     checkpoint directory or Hub id; new queries and heads), `checkpoint` (an EoMT checkpoint; with another number of
     classes than the data set, `reinitialize_heads` must be set). `model_config` overrides `EoMTConfig` fields of new
@@ -38,6 +40,7 @@ class TrainSettings:
     task: str | None = None
     train_split: str = "train"
     eval_split: str | None = "val"
+    hub_options: dict[str, Any] = field(default_factory=dict)
     size: str | None = None
     backbone: str | None = None
     checkpoint: str | None = None

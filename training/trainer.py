@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
+from modeling_eomt.loss_eomt import MaskClassificationLoss
+
 from .annealing import MaskAnnealingCallback, unwrap_model
 from .data.pipeline import EpochCallback
 from .evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention, is_evaluation_dataset
-from .loss import MaskClassificationLoss
 from .metrics.distributed import all_reduce_sum, is_distributed
 from .optim import layer_decay_parameter_groups, two_stage_warmup_poly_schedule
 
@@ -86,7 +87,7 @@ class EoMTTrainer(Trainer):
       results of the last evaluation are kept in `eval_per_class`. Other eval data sets (`pixel_values` + targets)
       get `Trainer`'s loop and only `eval_loss`.
 
-    Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `training.loss`).
+    Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `modeling_eomt.loss_eomt`).
 
     Args (besides `Trainer`'s):
         loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(model.config)`.
@@ -154,6 +155,7 @@ class EoMTTrainer(Trainer):
         self.eval_loss = eval_loss
         self.postprocess_kwargs = postprocess_kwargs
         self.eval_per_class: dict[str, Any] = {}
+        self.last_eval_metrics: dict[str, float] = {}  # the last streaming evaluation's, for the model card
         self.label_names = list(TARGET_KEYS)  # kept by `remove_unused_columns`; eval computes `eval_loss`
         self._install_annealing(mask_annealing)
         self._install_epoch_callback(train_dataset)
@@ -195,16 +197,14 @@ class EoMTTrainer(Trainer):
                 f"EoMTTrainer batches need pixel_values, mask_labels and class_labels; missing {missing} "
                 f"(batch keys: {sorted(inputs)}). Use EoMTDataCollator and keep those columns."
             )
-        outputs = model(pixel_values=inputs["pixel_values"])
-        loss, components = self.loss_fn(
-            outputs.masks_queries_logits,
-            outputs.class_queries_logits,
-            inputs["mask_labels"],
-            inputs["class_labels"],
-            outputs.intermediate_masks_queries_logits,
-            outputs.intermediate_class_queries_logits,
-        )
-        outputs["loss"] = loss
+        pixel_values = inputs["pixel_values"]
+        outputs = model(pixel_values=pixel_values)
+        # The model's own loss (what `model(pixel_values, mask_labels=..., class_labels=...)` returns), with `loss_fn`.
+        loss, components = unwrap_model(model).compute_loss(
+            outputs, inputs["mask_labels"], inputs["class_labels"], input_size=tuple(pixel_values.shape[-2:]),
+            loss_fn=self.loss_fn,
+        )  # fmt: skip
+        outputs["loss"], outputs["loss_components"] = loss, components
         return loss, components, outputs
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
@@ -293,6 +293,7 @@ class EoMTTrainer(Trainer):
         if loss_rows > 0:
             results["loss"] = loss_sum / loss_rows
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in results.items()}
+        self.last_eval_metrics = dict(results)
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(num_images))
 
     def _evaluation_step(self, model: nn.Module, evaluator: SegmentationEvaluator, examples: dict[str, list]) -> Tensor:
@@ -360,6 +361,72 @@ class EoMTTrainer(Trainer):
             if self.is_deepspeed_enabled:
                 self.deepspeed = self.model_wrapped
         return model
+
+    # ---- model card ----
+
+    def training_summary(self) -> dict[str, Any]:
+        """What the model card reports about this run (`EoMTConfig.training_summary`): the data set, the recipe as run
+        and the last evaluation's results, added to what the model records already (its base model)."""
+        model = unwrap_model(self.model)
+        summary = dict(getattr(model.config, "training_summary", None) or {})
+        info = getattr(self.train_dataset, "info", None) or getattr(self.eval_dataset, "info", None)
+        if info is not None:
+            summary["dataset"] = {"name": info.name, **(summary.get("dataset") or {}), "task": info.task}
+        if self.state.global_step > 0:
+            summary["recipe"] = self._recipe_as_run(model)
+        numbers = {key: value for key, value in self.last_eval_metrics.items() if isinstance(value, (int, float))}
+        if numbers:
+            summary["eval_results"] = numbers
+        return summary
+
+    def _recipe_as_run(self, model: nn.Module) -> dict[str, Any]:
+        args = self.args
+        annealing = next((c for c in self.callback_handler.callbacks if isinstance(c, MaskAnnealingCallback)), None)
+        schedule = getattr(annealing, "schedule", None)
+        precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "float32"
+        return {
+            "steps": self.state.global_step,
+            "batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+            "input_size": model.config.image_size,
+            "optimizer": f"{args.optim} (lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, layer-wise lr "
+            f"decay {self.layer_decay:g}, gradient norm clipped at {args.max_grad_norm:g})",
+            "learning_rate_schedule": f"{self.head_warmup_steps} warm-up steps of the new parameters, then "
+            f"{self.backbone_warmup_steps} of the backbone; polynomial decay (power {self.poly_power:g})",
+            "mask_annealing": "none" if schedule is None else f"block i from step start_i to end_i, starts "
+            f"{list(schedule.start_steps)}, ends {list(schedule.end_steps)}, power {schedule.power:g}",
+            "precision": precision,
+            "seed": args.seed,
+        }
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, with the run's `training_summary` in the config (the saved model card shows it)."""
+        model = unwrap_model(self.model)
+        if hasattr(model.config, "training_summary"):
+            model.config.training_summary = self.training_summary()
+        super().save_model(output_dir, _internal_call)
+
+    def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None,
+                          tags: str | list[str] | None = None, dataset: str | None = None, **kwargs: Any) -> None:
+        """This package's model card (`modeling_eomt.model_card`) in `args.output_dir`, in place of transformers'
+        generic one; `model_name`, `finetuned_from`, `dataset` and `tags` go into it."""
+        from huggingface_hub import ModelCard
+
+        from modeling_eomt.model_card import write_model_card
+
+        if not self.is_world_process_zero():
+            return
+        config = unwrap_model(self.model).config
+        summary = self.training_summary()
+        summary.update({key: value for key, value in (("model_name", model_name), ("base_model", finetuned_from))
+                        if value is not None})  # fmt: skip
+        if dataset is not None:
+            summary["dataset"] = {**summary.get("dataset", {}), "name": dataset}
+        config.training_summary = summary
+        path = write_model_card(config, self.args.output_dir, repo=self.hub_model_id)
+        if path is not None and tags:
+            card = ModelCard.load(path)
+            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *([tags] if isinstance(tags, str) else tags)]))
+            card.save(path)
 
     # ---- optimizer and schedule ----
 

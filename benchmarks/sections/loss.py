@@ -15,7 +15,7 @@ from torch import Tensor
 
 from benchmarks.context import NUM_LABELS, BenchmarkContext
 from benchmarks.registry import Result, register_section
-from training.loss import MaskClassificationLoss
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 
 LEVELS = 4  # prediction levels: the final one and the intermediate ones
 TARGETS = 10  # target masks per image

@@ -1,5 +1,5 @@
 """The training step of a small model on small images, where the loss (matching, point sampling) weighs most: ours
-(`EoMTForUniversalSegmentation` + `training.loss.MaskClassificationLoss`) against transformers'
+(`EoMTForUniversalSegmentation` + `modeling_eomt.loss_eomt.MaskClassificationLoss`) against transformers'
 `EomtForUniversalSegmentation` with the loss its `forward` computes (`EomtLoss`), same weights, same data.
 
     eomt benchmark --sections small-training --clock cpu
@@ -23,7 +23,7 @@ from benchmarks.context import BenchmarkContext, build_model_pair
 from benchmarks.measure import Stats, paired_ratios
 from benchmarks.registry import Result, register_section
 from modeling_eomt import EoMTConfig
-from training.loss import MaskClassificationLoss
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 
 SMALL_MODEL = dict(
     hidden_size=192, num_hidden_layers=6, num_attention_heads=3, patch_size=8, image_size=128, num_register_tokens=0,

@@ -34,16 +34,16 @@ def random_targets(
 
 
 def build_training_loss(config: EoMTConfig) -> tuple[Callable[..., Tensor], str]:
-    """The loss of the training step, `training.loss.MaskClassificationLoss` (Hungarian matching, point-sampled
+    """The loss of the training step, `modeling_eomt.loss_eomt.MaskClassificationLoss` (Hungarian matching, point-sampled
     BCE / dice, class CE; the total only), and its name; both models get the same loss and the same targets."""
-    from training.loss import MaskClassificationLoss
+    from modeling_eomt.loss_eomt import MaskClassificationLoss
 
     criterion = MaskClassificationLoss.from_config(config)
 
     def loss(*args: Any) -> Tensor:
         return criterion(*args)[0]
 
-    return loss, "training.loss.MaskClassificationLoss"
+    return loss, "modeling_eomt.loss_eomt.MaskClassificationLoss"
 
 
 class RecordedPredictions:

@@ -110,15 +110,22 @@ def convert_checkpoint(
     dataset: str | None = None,
     **overrides: Any,
 ) -> ModelT:
-    """Convert an EoMT checkpoint in any supported format (see `load_checkpoint`) and write it to `output_dir`:
-    `target_format` `"ours"` (`save_pretrained`, safetensors) or `"transformers"` (`save_as_transformers_eomt`)."""
+    """Convert an EoMT checkpoint in any supported format (see `load_checkpoint`) and write it to `output_dir` with
+    its image processor (the source folder's, else the square `image_size` input): `target_format` `"ours"`
+    (`save_pretrained`, safetensors, with the remote code) or `"transformers"` (`save_as_transformers_eomt`)."""
+    from image_processing.image_processing_eomt import EoMTImageProcessor
+
     if target_format not in ("ours", "transformers"):
         raise ValueError(f"target format {target_format!r} is not 'ours' or 'transformers'")
     model = load_checkpoint(model_class, source, source_format, delta_base, dataset, **overrides)
+    processor = None
+    if (Path(source) / "preprocessor_config.json").is_file():
+        processor = EoMTImageProcessor.from_pretrained(source)
     if target_format == "transformers":
-        save_as_transformers_eomt(model, output_dir)
+        save_as_transformers_eomt(model, output_dir, processor)
     else:
         model.save_pretrained(output_dir)
+        (processor or EoMTImageProcessor(size=model.config.image_size)).save_pretrained(output_dir)
     return model
 
 

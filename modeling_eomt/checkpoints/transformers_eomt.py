@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from image_processing.image_processing_eomt import EoMTImageProcessor
+
 from ..configuration_eomt import EoMTConfig, default_ffn_hidden_size
 from .backbones import DINOV3_AUGMENTATION_FIELDS, in_memory_names, vit_fields, vit_layer_rows
 from .formats import detect_state_dict_format
@@ -150,9 +152,13 @@ def state_dict_to_transformers_eomt(state: dict[str, Tensor], config: EoMTConfig
     return {key: value.contiguous() for key, value in out.items()}
 
 
-def save_as_transformers_eomt(model: torch.nn.Module, output_dir: str | os.PathLike) -> Path:
+def save_as_transformers_eomt(
+    model: torch.nn.Module, output_dir: str | os.PathLike, processor: EoMTImageProcessor | None = None
+) -> Path:
     """Write `model` (an `EoMTForUniversalSegmentation`) as a directory that transformers' own
-    `EomtForUniversalSegmentation` / `EomtDinov3ForUniversalSegmentation.from_pretrained` loads."""
+    `EomtForUniversalSegmentation` / `EomtDinov3ForUniversalSegmentation.from_pretrained` loads, with the settings of
+    `processor` (default: the square `image_size` input) as transformers' `EomtImageProcessor` config, so that
+    `pipeline("image-segmentation", model=output_dir)` works with transformers alone."""
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
@@ -162,6 +168,9 @@ def save_as_transformers_eomt(model: torch.nn.Module, output_dir: str | os.PathL
     save_file(tensors, str(output_dir / SAFETENSORS_NAME), metadata={"format": "pt"})
     config = config_to_transformers_eomt(model.config)
     (output_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    processor = processor or EoMTImageProcessor(size=model.config.image_size)
+    processor_config = processor.to_transformers_eomt_dict()
+    (output_dir / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2, sort_keys=True))
     return output_dir
 
 

@@ -8,9 +8,9 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from modeling_eomt import EoMTForUniversalSegmentation
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 from tests.training.helpers import SegmentationExamples, single_thread, tiny_segmentation_model  # noqa: F401 (fixture)
 from training.annealing import MaskAnnealingCallback, MaskAnnealingSchedule, annealing_probability, unwrap_model
-from training.loss import MaskClassificationLoss
 from training.trainer import EoMTDataCollator
 
 pytestmark = pytest.mark.usefixtures("single_thread")

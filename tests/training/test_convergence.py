@@ -10,9 +10,9 @@ import torch
 
 from image_processing import EoMTImageProcessor
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 from tests.training.helpers import single_thread  # noqa: F401 (fixture)
 from training.data import EpochCallback, make_eval_dataset, make_train_dataset, write_synthetic_coco_panoptic
-from training.loss import MaskClassificationLoss
 from training.trainer import EoMTTrainer, recipe_training_arguments
 
 SIZE, STEPS, SEED = 64, 300, 0

@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from transformers import TrainerCallback
 
 from image_processing import EoMTImageProcessor
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 from tests.training.data_helpers import crop_validation_images, synthetic_instance, synthetic_panoptic  # noqa: F401
 from tests.training.helpers import SegmentationExamples, single_thread, tiny_segmentation_model  # noqa: F401
 from training.data import (
@@ -24,7 +25,6 @@ from training.data import (
     write_synthetic_ade20k,
 )
 from training.evaluation import ShardSampler, evaluation_dataloader, inference_attention
-from training.loss import MaskClassificationLoss
 from training.metrics import MaskAP, MeanIoU, PanopticQuality
 from training.trainer import EoMTTrainer, recipe_training_arguments
 

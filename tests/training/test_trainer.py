@@ -5,6 +5,7 @@ import torch
 from transformers import TrainerCallback, ViTImageProcessor
 
 from modeling_eomt import EoMTForUniversalSegmentation
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 from tests.training.data_helpers import synthetic_panoptic  # noqa: F401 (a fixture)
 from tests.training.helpers import (  # noqa: F401 (single_thread is a fixture)
     IMAGE_SIZE,
@@ -15,7 +16,6 @@ from tests.training.helpers import (  # noqa: F401 (single_thread is a fixture)
 )
 from training.annealing import MaskAnnealingCallback
 from training.data import EpochCallback, make_train_dataset
-from training.loss import MaskClassificationLoss
 from training.optim import two_stage_warmup_poly_factor
 from training.trainer import RECIPE_DEFAULTS, EoMTDataCollator, EoMTTrainer, recipe_training_arguments
 

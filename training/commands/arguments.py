@@ -43,12 +43,52 @@ def user_message(error: BaseException) -> str:
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--data`, `--format` and `--task` of `eomt train` / `eomt evaluate`."""
-    parser.add_argument("--data", required=True, help="data set folder (COCO panoptic/instance, ADE20K, Cityscapes or "
-                        "a datasets save_to_disk folder)")  # fmt: skip
+    """`--data` or `--dataset`, `--format`, `--task` and the options of data sets by name of `eomt train` /
+    `eomt evaluate` (see `data_options`)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="data set folder (COCO panoptic/instance, ADE20K, Cityscapes or a datasets "
+                        "save_to_disk folder)")  # fmt: skip
+    source.add_argument("--dataset", metavar="NAME_OR_PATH", help="a datasets data set: Hub name, local folder of "
+                        "data files, or save_to_disk folder (datasets.load_dataset)")  # fmt: skip
     parser.add_argument("--format", help="layout of --data: coco_panoptic, coco_instance, ade20k, cityscapes or hf_disk "
                         "(detected by default)")  # fmt: skip
     parser.add_argument("--task", choices=("panoptic", "instance", "semantic"), help="task (from the layout by default)")
+    hub = parser.add_argument_group("data sets by name (--dataset, or a save_to_disk --data folder)")
+    hub.add_argument("--dataset-config", help="the data set's configuration name (datasets.load_dataset)")
+    hub.add_argument("--image-column", default="image", help="column of the images (default: image)")
+    hub.add_argument("--annotation-column", help="column of the label maps / panoptic PNGs (default: annotation, "
+                     "label, segmentation, ...: the first one present)")  # fmt: skip
+    hub.add_argument("--segments-info-column", help="panoptic: the segments_info column; instance: the column of each "
+                     "instance's class (default: segments_info, segments, ...)")  # fmt: skip
+    hub.add_argument("--id2label", help="class names when no ClassLabel gives them: a JSON file or inline JSON, "
+                     "{\"id\": \"name\"} with the data set's ids, or COCO categories [{\"id\", \"name\", "
+                     "\"isthing\"}]")  # fmt: skip
+    hub.add_argument("--reduce-labels", action="store_true", help="semantic maps hold class + 1, 0 unlabelled (ADE20K)")
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`data`, `format` and `hub_options` (for `training.data.load_source`) from the arguments of
+    `add_data_arguments`; `--dataset X` reads `X` with `datasets` (format `"hub"`)."""
+    hub_options: dict[str, Any] = {"image_column": args.image_column}
+    for name in ("annotation_column", "segments_info_column"):
+        if getattr(args, name) is not None:
+            hub_options[name] = getattr(args, name)
+    if args.dataset_config is not None:
+        hub_options["config_name"] = args.dataset_config
+    if args.reduce_labels:
+        hub_options["reduce_labels"] = True
+    if args.id2label is not None:
+        from training.data.hub import parse_id2label
+
+        try:
+            hub_options["id2label"], things = parse_id2label(args.id2label)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        if things is not None:
+            hub_options["thing_ids"] = things
+    if args.dataset is not None:
+        return {"data": args.dataset, "format": "hub", "hub_options": hub_options}
+    return {"data": args.data, "format": args.format, "hub_options": hub_options}
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:

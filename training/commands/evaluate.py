@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.commands.arguments import add_data_arguments, is_main_process, print_metrics
+from training.commands.arguments import add_data_arguments, data_options, is_main_process, print_metrics
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,10 +27,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.run import evaluate
 
+    data = data_options(args)
     metrics = evaluate(
-        args.model, args.data, split=args.split, format=args.format, task=args.task, batch_size=args.batch_size,
+        args.model, data["data"], split=args.split, format=data["format"], task=args.task, batch_size=args.batch_size,
         workers=args.workers, masked_attention=args.masked_attention, threshold=args.threshold, use_cpu=args.cpu,
-        progress=not args.no_progress, output=args.output,
+        progress=not args.no_progress, output=args.output, hub_options=data["hub_options"],
     )  # fmt: skip
     if is_main_process():
         print_metrics(metrics)

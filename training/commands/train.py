@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from training.commands.arguments import add_data_arguments, is_main_process, key_value, print_metrics
+from training.commands.arguments import add_data_arguments, data_options, is_main_process, key_value, print_metrics
 from training.settings import TrainSettings
 
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = {item.name for item in dataclasses.fields(TrainSettings)}
     values = {name: value for name, value in vars(args).items() if name in names}
-    settings = TrainSettings(**{**values, "model_config": dict(args.model_config)})
+    settings = TrainSettings(**{**values, "model_config": dict(args.model_config), **data_options(args)})
     metrics = train(settings)
     if is_main_process():
         print_metrics(metrics)

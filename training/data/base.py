@@ -34,6 +34,8 @@ class DatasetInfo:
         id2label: contiguous class index (`0 .. num_labels - 1`) to class name.
         thing_ids: the class indices that are countable things (PQ splits its averages by them); all others are stuff.
         ignore_index: value of unlabelled pixels in semantic maps.
+        category_ids: the data set's own category id of each class index (e.g. COCO's 1, 2, 4, ...), when its
+            annotations use other ids than the class indices; stored in the model config for `eomt predict`.
     """
 
     name: str
@@ -41,6 +43,7 @@ class DatasetInfo:
     id2label: dict[int, str]
     thing_ids: tuple[int, ...] = ()
     ignore_index: int = 255
+    category_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -54,6 +57,9 @@ class DatasetInfo:
             raise ValueError(f"{self.name}: thing_ids {unknown} are not class indices of id2label")
         if self.ignore_index in self.id2label:
             raise ValueError(f"{self.name}: ignore_index {self.ignore_index} is also a class index")
+        if self.category_ids is not None and len(set(self.category_ids)) != len(self.id2label):
+            raise ValueError(f"{self.name}: category_ids {list(self.category_ids)[:10]} must give one distinct id per "
+                             f"class ({len(self.id2label)} classes)")  # fmt: skip
 
     @property
     def num_labels(self) -> int:

@@ -206,7 +206,8 @@ def load_coco_panoptic(
         "image_file": datasets.Value("string"), "annotation_file": datasets.Value("string"),
         "height": datasets.Value("int64"), "width": datasets.Value("int64"), "segments": [_SEGMENT],
     })  # fmt: skip
-    info = DatasetInfo(name=f"COCO panoptic {split} ({root})", task="panoptic", id2label=id2label, thing_ids=thing_ids)
+    info = DatasetInfo(name=f"COCO panoptic {split} ({root})", task="panoptic", id2label=id2label, thing_ids=thing_ids,
+                       category_ids=tuple(category_to_label))  # fmt: skip
     return CocoPanopticSource(
         records=datasets.Dataset.from_dict(columns, features=features), info=info, category_to_label=category_to_label,
         annotation_problems=problems, warnings=left_out,
@@ -327,7 +328,8 @@ def load_coco_instance(
         "annotations": [_ANNOTATION],
     })  # fmt: skip
     info = DatasetInfo(
-        name=f"COCO instance {split} ({root})", task="instance", id2label=id2label, thing_ids=tuple(id2label)
+        name=f"COCO instance {split} ({root})", task="instance", id2label=id2label, thing_ids=tuple(id2label),
+        category_ids=tuple(category_to_label),
     )
     return CocoInstanceSource(
         records=datasets.Dataset.from_dict(columns, features=features), info=info,

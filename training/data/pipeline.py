@@ -34,7 +34,7 @@ from .semantic import load_ade20k, load_cityscapes
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("coco_panoptic", "coco_instance", "ade20k", "cityscapes", "hf_disk")
+FORMATS = ("coco_panoptic", "coco_instance", "ade20k", "cityscapes", "hf_disk", "hub")
 
 
 class _EpochAware:
@@ -225,7 +225,8 @@ def load_source(
     root: str | os.PathLike, split: str, format: str | None = None, task: str | None = None, **hub_kwargs: Any
 ) -> SegmentationSource:
     """A source for `split` of the data set at `root`, its layout detected unless `format` is given. For a
-    `save_to_disk` folder (`"hf_disk"`), `hub_kwargs` go to `from_hf_dataset` (`kind`, column names, `id2label`)."""
+    `save_to_disk` folder (`"hf_disk"`) or a data set by name (`"hub"`, `root` a `datasets.load_dataset` name or
+    folder), `hub_kwargs` go to `hub.load_hub_source` (column names, `id2label`, ...)."""
     format = format or detect_format(root, task)
     if format == "coco_panoptic":
         return load_coco_panoptic(root, split)
@@ -235,16 +236,10 @@ def load_source(
         return load_ade20k(root, split, hub_kwargs.get("id2label"))
     if format == "cityscapes":
         return load_cityscapes(root, split)
-    if format == "hf_disk":
-        from .hub import from_hf_dataset
+    if format in ("hf_disk", "hub"):
+        from .hub import load_hub_source
 
-        loaded = datasets.load_from_disk(str(root))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{root} has splits {list(loaded)}, not {split!r}")
-            loaded = loaded[split]
-        hub_kwargs.setdefault("kind", task)
-        return from_hf_dataset(loaded, **hub_kwargs)
+        return load_hub_source(root, split, task=task, **hub_kwargs)
     raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
 
 
@@ -253,9 +248,10 @@ def _is_stream(source: SegmentationSource) -> bool:
 
 
 def _as_source(
-    data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None, validate: bool
+    data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None, validate: bool,
+    **hub_kwargs: Any,
 ) -> SegmentationSource:
-    source = data if isinstance(data, SegmentationSource) else load_source(data, split, format, task)
+    source = data if isinstance(data, SegmentationSource) else load_source(data, split, format, task, **hub_kwargs)
     if validate and not _is_stream(source):  # a stream is checked as it is read
         from .validation import validate_dataset
 
@@ -291,7 +287,9 @@ def make_eval_dataset(
     format: str | None = None,
     task: str | None = None,
     validate: bool = True,
+    **hub_kwargs: Any,
 ) -> EvalDataset | StreamingDataset:
-    """The evaluation data set of a source or a data set folder (see `make_train_dataset`)."""
-    source = _as_source(data, split, format, task, validate)
+    """The evaluation data set of a source or a data set folder (see `make_train_dataset`; `hub_kwargs` as in
+    `load_source`)."""
+    source = _as_source(data, split, format, task, validate, **hub_kwargs)
     return StreamingDataset(source) if _is_stream(source) else EvalDataset(source)

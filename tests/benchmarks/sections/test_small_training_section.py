@@ -5,8 +5,8 @@ import torch
 
 from benchmarks.runner import run_benchmark
 from benchmarks.sections.small_training import disc_targets, ours_loss, reference_loss
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 from tests.benchmarks.helpers import parse
-from training.loss import MaskClassificationLoss
 
 # A tiny ViT on 32 px images (16x16 mask logits) with 64 points per mask: seconds, not minutes.
 TINY_SMALL_MODEL = dict(

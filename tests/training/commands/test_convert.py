@@ -61,3 +61,28 @@ def test_original_weights_next_to_a_transformers_config(tmp_path):
     assert main(["convert", str(tmp_path / "repo"), str(tmp_path / "out"), "--from", "original"]) == 0
     converted = EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out")
     assert all(torch.equal(value, converted.state_dict()[key]) for key, value in source.state_dict().items())
+
+
+def test_transformers_format_carries_the_processor_config_for_the_pipeline(tmp_path):
+    """`--to transformers` writes transformers' `EomtImageProcessor` config: its own pipeline runs on the folder."""
+    import numpy as np
+    from PIL import Image
+    from transformers import EomtImageProcessorPil, pipeline
+
+    from image_processing import EoMTImageProcessor
+
+    source = source_model("dinov2-registers", num_labels=19)
+    source.save_pretrained(tmp_path / "ours")
+    EoMTImageProcessor(size=64, do_pad=True).save_pretrained(tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "transformers"), "--to", "transformers"]) == 0
+    config = json.loads((tmp_path / "transformers" / "preprocessor_config.json").read_text())
+    assert config["image_processor_type"] == "EomtImageProcessor" and config["size"]["longest_edge"] == 64
+    segmenter = pipeline("image-segmentation", model=str(tmp_path / "transformers"))
+    assert isinstance(segmenter.model, EomtForUniversalSegmentation)
+    assert isinstance(segmenter.image_processor, EomtImageProcessorPil) and segmenter.image_processor.do_pad
+    image = Image.fromarray((np.random.RandomState(0).rand(48, 80, 3) * 255).astype(np.uint8))  # not square
+    segments = segmenter(image, subtask="semantic")
+    assert segments and all(segment["mask"].size == (80, 48) for segment in segments)
+    # and back: the geometry and normalisation read from the converted folder are the same
+    again, ours = (EoMTImageProcessor.from_pretrained(tmp_path / name).to_dict() for name in ("transformers", "ours"))
+    assert {k: v for k, v in again.items() if k != "ignore_index"} == {k: v for k, v in ours.items() if k != "ignore_index"}

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from transformers import EomtConfig, EomtForUniversalSegmentation
 from transformers.models.eomt.modeling_eomt import EomtLoss
 
-import training.loss as loss_module
+import modeling_eomt.loss_eomt as loss_module
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
+from modeling_eomt.loss_eomt import BatchTargets, HungarianMatcher, MaskClassificationLoss, importance_sampled_points, sample_points
 from tests.modeling.helpers import perturb_
 from tests.training.helpers import random_targets, single_thread  # noqa: F401 (fixture)
-from training.loss import BatchTargets, HungarianMatcher, MaskClassificationLoss, importance_sampled_points, sample_points
 
 WEIGHTS = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0)
 
