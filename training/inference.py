@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from image_processing import EoMTImageProcessor, draw_result, id_to_rgb, instance_map
 from modeling_eomt import EoMTForUniversalSegmentation
-from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES, class_category_ids
+from modeling_eomt.labels import COCO_NUM_THING_CLASSES, DATASET_CLASSES, class_category_ids
 from training.metrics.mask_ap import encode_masks
 from training.prediction_inputs import ImageItem, file_items, first_line, processor_input, read_image
 from training.prediction_store import (
