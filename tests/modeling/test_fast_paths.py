@@ -95,6 +95,16 @@ def test_this_machine_kernels_come_from_its_cpu_features():
     assert fast_paths.CPU_KERNELS == choose_cpu_kernels(fast_paths.read_cpu_features())
 
 
+def test_cpu_features_fall_back_to_torch_without_proc_cpuinfo(monkeypatch):
+    def no_cpuinfo(path, *args, **kwargs):
+        raise FileNotFoundError(path)  # as on macOS and Windows
+
+    monkeypatch.setattr("builtins.open", no_cpuinfo)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert fast_paths.read_cpu_features() == CpuFeatures(avx512_bf16=True, amx_bf16=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("matmul_dtypes", [set(), {torch.bfloat16}], ids=["sdpa", "matmuls"])
