@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("class_queries_logits", "masks_queries_logits")
-FORMATS = {"torch": ".pt2", "onnx": ".onnx"}
+FORMATS = {"torch": ".pt2", "onnx": ".onnx"}  # format: the usual suffix of its files
 
 
 class SegmentationLogits(nn.Module):
@@ -59,6 +59,16 @@ def check_exportable(model: EoMTForUniversalSegmentation) -> None:
         )
 
 
+def check_image_size(image_size: Sequence[int], patch_size: int) -> tuple[int, int]:
+    """`(height, width)`, checked: two positive multiples of `patch_size`."""
+    if len(image_size) != 2:
+        raise ValueError(f"image_size must be (height, width), got {tuple(image_size)}")
+    height, width = (int(side) for side in image_size)
+    if min(height, width) <= 0 or height % patch_size or width % patch_size:
+        raise ValueError(f"image_size must be positive multiples of patch_size={patch_size}, got {height}x{width}")
+    return height, width
+
+
 def export_program(
     model: EoMTForUniversalSegmentation,
     image_size: Sequence[int] | None = None,
@@ -88,16 +98,6 @@ def export_program(
     example = torch.randn(batch_size, config.num_channels, height, width, device=model.device)
     module = SegmentationLogits(model.eval())
     return torch.export.export(module, (example,), dynamic_shapes={INPUT_NAME: dims or None})
-
-
-def check_image_size(image_size: Sequence[int], patch_size: int) -> tuple[int, int]:
-    """`(height, width)`, checked: two positive multiples of `patch_size`."""
-    if len(image_size) != 2:
-        raise ValueError(f"image_size must be (height, width), got {tuple(image_size)}")
-    height, width = (int(side) for side in image_size)
-    if min(height, width) <= 0 or height % patch_size or width % patch_size:
-        raise ValueError(f"image_size must be positive multiples of patch_size={patch_size}, got {height}x{width}")
-    return height, width
 
 
 def export_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from training.commands.arguments import InputError
 
-SUFFIXES = {".onnx": "onnx", ".pt2": "torch"}
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -36,10 +34,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from modeling_eomt.export import check_exportable, check_image_size, export_model
+    from modeling_eomt.export import FORMATS, check_exportable, check_image_size, export_model
     from training.commands.predict import load_model
 
-    export_format = args.format or SUFFIXES.get(args.output.suffix, "onnx")
+    suffixes = {suffix: name for name, suffix in FORMATS.items()}
+    export_format = args.format or suffixes.get(args.output.suffix, "onnx")
     if args.output.exists() and not args.overwrite:
         raise InputError(f"{args.output} exists; pass --overwrite to replace it")
     if args.batch_size < 1:
