@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from modeling_eomt import EoMTConfig, fast_paths
@@ -47,3 +48,9 @@ def use_cpu_kernels(monkeypatch, **changes) -> fast_paths.CpuKernels:
 def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest |actual - expected| over the largest |expected|."""
     return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+# int8 inference needs oneDNN's quantized engine (x86 builds of PyTorch).
+needs_int8 = pytest.mark.skipif(
+    "onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine in this build"
+)

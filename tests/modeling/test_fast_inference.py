@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_eomt import EoMTForUniversalSegmentation, fast_paths
-from tests.modeling.helpers import perturb_, relative_difference, tiny_config, use_cpu_kernels
+from tests.modeling.helpers import needs_int8, perturb_, relative_difference, tiny_config, use_cpu_kernels
 
 # bfloat16 keeps 8 bits of mantissa: the logits of the tiny models stay within 2% of their largest magnitude. int8 keeps 8
 # bits per weight and per activation (one scale per output channel, one per activation tensor): within 5% (about 2%
@@ -12,7 +12,7 @@ from tests.modeling.helpers import perturb_, relative_difference, tiny_config, u
 TOLERANCES = {torch.bfloat16: 0.02, "int8": 0.05}
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, "int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param("int8", marks=needs_int8)])
 @pytest.mark.parametrize("variant", ["dinov2-registers-swiglu", "dinov3"])
 def test_fast_inference_stays_close_to_float32(variant, dtype):
     model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant))).eval()

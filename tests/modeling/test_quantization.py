@@ -7,8 +7,9 @@ from torch import nn
 
 from modeling_eomt import EoMTForUniversalSegmentation, quantization
 from modeling_eomt.quantization import Int8Linear, check_int8_support
-from tests.modeling.helpers import perturb_, relative_difference, tiny_config
+from tests.modeling.helpers import needs_int8, perturb_, relative_difference, tiny_config
 
+pytestmark = needs_int8
 INT8_RELATIVE_TOLERANCE = 0.05  # of the logits' largest magnitude (test_fast_inference.py)
 
 
