@@ -59,7 +59,7 @@ def build_model_pair(config: EoMTConfig, device: torch.device, seed: int = 0) ->
     return ModelPair(ours, build_reference(ours))
 
 
-def fast_copy(pair: ModelPair, dtype: torch.dtype | None, compile: bool = False) -> EoMTForUniversalSegmentation:
+def fast_copy(pair: ModelPair, dtype: torch.dtype | str | None, compile: bool = False) -> EoMTForUniversalSegmentation:
     """A copy of our model with `enable_fast_inference(dtype, compile)`."""
     model = EoMTForUniversalSegmentation(pair.config).to(pair.ours.device)
     model.load_state_dict(pair.ours.state_dict())

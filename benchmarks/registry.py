@@ -23,6 +23,7 @@ SECTION_MODULES = (
     "small_training",
     "throughput",
     "fast",
+    "export",
     "gpu_fps",
     "profile",
     "pre_processing",

@@ -1,6 +1,9 @@
 """Faster ways to compute parts of the EoMT forward pass: pure functions, each equal to a plain computation up to float
 rounding (tests/modeling/test_fast_paths.py checks every one against it).
 
+- Kernel choice per machine: `choose_cpu_kernels` decides, from the CPU's instruction-set extensions (`CpuFeatures`),
+  which attention kernel each precision uses and the chunk and band sizes; `CPU_KERNELS` holds its choice for this
+  machine, made once at import.
 - Attention: `attention` picks the kernel (`prefers_matmul_attention` is the one place that decides), attends the
   masked query rows apart from the others (`sdpa_with_query_mask`), or uses two matmuls per group of heads
   (`attention_by_matmuls`) where SDPA has no fast half-precision kernel.
@@ -13,7 +16,8 @@ Why each is faster, and by how much on which machine: docs/benchmarks/fast-paths
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -30,15 +34,78 @@ UPSCALE_BAND_BYTES = 8 * 2**20
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Kernel choice per machine
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's instruction-set extensions that decide which kernel is faster (named as in /proc/cpuinfo's flags)."""
+
+    avx512_bf16: bool = False  # bfloat16 dot products in vector registers (AMD Zen 4 and later, Intel Cooper Lake)
+    amx_bf16: bool = False  # bfloat16 tile matrix multiplies (Intel Sapphire Rapids and later)
+
+    @classmethod
+    def from_flags(cls, flags: Iterable[str]) -> CpuFeatures:
+        present = set(flags)
+        return cls(**{field.name: field.name in present for field in fields(cls)})
+
+
+def read_cpu_features() -> CpuFeatures:
+    """This machine's `CpuFeatures`: from /proc/cpuinfo on Linux, else from torch's own checks."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return CpuFeatures.from_flags(line.partition(":")[2].split())
+    except OSError:
+        pass
+    checks = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    return CpuFeatures(**{name: bool(getattr(torch.cpu, check, lambda: False)()) for name, check in checks.items()})
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """Which kernel each CPU fast path uses on one kind of machine (`choose_cpu_kernels`)."""
+
+    matmul_attention_dtypes: frozenset[torch.dtype] = frozenset()  # inference dtypes attended by `attention_by_matmuls`
+    attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES  # logits per chunk of heads in `attention_by_matmuls`
+    upscale_band_bytes: int = UPSCALE_BAND_BYTES  # output bytes per band of `band_rows`
+
+
+def choose_cpu_kernels(features: CpuFeatures) -> CpuKernels:
+    """The CPU kernels for a machine with `features`.
+
+    - bfloat16 attention by matmuls where the CPU has AVX-512 BF16 but no AMX: there SDPA's flash-attention kernel runs
+      no faster in bfloat16 than in float32, while the matmuls run at the bfloat16 dot-product rate. With AMX, SDPA's
+      kernel multiplies on the tiles and beats the matmuls. Everywhere else (float16, CPUs without either extension)
+      SDPA, the kernel transformers' model uses, so no choice here can be slower than it at the same precision.
+    - The chunk and band sizes keep each temporary within blocks that glibc's allocator reuses: a property of the
+      allocator, not of the instruction set, and the same sizes are fastest on every machine kind measured.
+    """
+    matmul_dtypes = {torch.bfloat16} if features.avx512_bf16 and not features.amx_bf16 else set()
+    return CpuKernels(matmul_attention_dtypes=frozenset(matmul_dtypes))
+
+
+# This machine's kernels, chosen at import: compiled and exported graphs read them as constants.
+CPU_KERNELS = choose_cpu_kernels(read_cpu_features())
+
+
+def exporting() -> bool:
+    """Whether torch.export is tracing the caller (torch >= 2.6 tells; older versions never export the model)."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Attention
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 def prefers_matmul_attention(query: Tensor, training: bool = False) -> bool:
-    """Whether `attention` computes `query`'s attention with `attention_by_matmuls` instead of SDPA: at inference in
-    bfloat16 / float16 on CPU, where SDPA's flash-attention kernel runs no faster than in float32 while the matmuls
-    run at the half-precision matmul rate. In training SDPA stays (`attention_by_matmuls` has no dropout)."""
-    return not training and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
+    """Whether `attention` computes `query`'s attention with `attention_by_matmuls` instead of SDPA: at inference on
+    CPU in the dtypes that `CPU_KERNELS` names for this machine. In training SDPA stays (`attention_by_matmuls` has no
+    dropout)."""
+    return not training and query.device.type == "cpu" and query.dtype in CPU_KERNELS.matmul_attention_dtypes
 
 
 def attention(
@@ -73,7 +140,8 @@ def sdpa_with_query_mask(query: Tensor, key: Tensor, value: Tensor, query_mask: 
 
 
 def attention_by_matmuls(query: Tensor, key: Tensor, value: Tensor, query_mask: Tensor | None, scale: float) -> Tensor:
-    """`softmax(q k^T * scale) v` with two matmuls per group of heads (logits of at most `ATTENTION_CHUNK_BYTES`).
+    """`softmax(q k^T * scale) v` with two matmuls per group of heads (logits of at most `cpu_kernels()`'s
+    `attention_chunk_bytes`).
 
     Args:
         query, key, value: `(B, heads, T, D)`.
@@ -82,7 +150,8 @@ def attention_by_matmuls(query: Tensor, key: Tensor, value: Tensor, query_mask: 
         `(B, heads, T, D)`, a view of a `(B, T, heads, D)` tensor.
     """
     batch, heads, tokens, _ = query.shape
-    heads_per_chunk = max(1, ATTENTION_CHUNK_BYTES // (batch * tokens * key.shape[2] * query.element_size()))
+    chunk_bytes = CPU_KERNELS.attention_chunk_bytes
+    heads_per_chunk = max(1, chunk_bytes // (batch * tokens * key.shape[2] * query.element_size()))
     blocked = None if query_mask is None else ~query_mask[:, None]  # (B, 1, Q, T)
     query = query * scale
     outputs = []
@@ -112,15 +181,18 @@ def compute_mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Te
 def band_rows(pixel_features: Tensor) -> int | None:
     """Input rows per band for a 2x upscaling of `pixel_features` `(B, C, h, w)`, or None to upscale the whole map.
 
-    Bands are used on CPU without gradients once the output exceeds `4 * UPSCALE_BAND_BYTES`: each full-size
-    activation of such a map would be fresh memory that the OS maps page by page, while a band's fits in blocks the
-    allocator reuses. A band holds about `UPSCALE_BAND_BYTES` of output, at least 8 input rows."""
+    Bands are used on CPU without gradients once the output exceeds four bands (`CPU_KERNELS`'s
+    `upscale_band_bytes` each): each full-size activation of such a map would be fresh memory that the OS maps page by
+    page, while a band's fits in blocks the allocator reuses. A band holds about `upscale_band_bytes` of output, at
+    least 8 input rows. Never under torch.export: the exported graph keeps the plain computation for any input size."""
+    if torch.is_grad_enabled() or pixel_features.device.type != "cpu" or exporting():
+        return None
     batch, channels, height, width = pixel_features.shape
     row_bytes = batch * channels * 4 * width * pixel_features.element_size()  # output bytes per input row
-    large = height * row_bytes > 4 * UPSCALE_BAND_BYTES
-    if torch.is_grad_enabled() or pixel_features.device.type != "cpu" or not large:
+    band_bytes = CPU_KERNELS.upscale_band_bytes
+    if height * row_bytes <= 4 * band_bytes:
         return None
-    return max(8, UPSCALE_BAND_BYTES // row_bytes)
+    return max(8, band_bytes // row_bytes)
 
 
 def upscale_bands(

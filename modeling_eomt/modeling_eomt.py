@@ -40,6 +40,7 @@ from .checkpoints.loading import check_loading_info
 from .configuration_eomt import EoMTConfig
 from .hub import EoMTHubMixin
 from .loss_eomt import MaskClassificationLoss
+from .quantization import set_int8_linear_layers
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -147,7 +148,10 @@ class EoMTEmbeddings(nn.Module):
         dtype = self.patch_embeddings.weight.dtype
         patches = self.patch_embeddings(pixel_values.to(dtype)).flatten(2).transpose(1, 2)  # (B, N, C)
         if self.position_embeddings is not None:
-            patches = patches + interpolate_position_embeddings(self.position_embeddings, self.config.grid_size, grid)
+            positions = interpolate_position_embeddings(
+                self.position_embeddings, self.config.grid_size, grid, always=fast_paths.exporting()
+            )  # (1, N, C)
+            patches = patches + positions
         prefix = [self.cls_token.expand(batch_size, -1, -1)]
         if self.register_tokens is not None:
             prefix.append(self.register_tokens.expand(batch_size, -1, -1))
@@ -661,8 +665,7 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         """`attn_mask_probs` as Python numbers, read from the buffer, except under torch.export: its graph cannot read
         a buffer's values and gets the values last read. Under torch.compile the read is a graph break: as constants
         in the graph the values would recompile it at every step of mask annealing."""
-        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.6
-        if not exporting and not self.attn_mask_probs.is_meta:
+        if not fast_paths.exporting() and not self.attn_mask_probs.is_meta:
             self._attn_mask_probs_values = tuple(self.attn_mask_probs.tolist())
         return self._attn_mask_probs_values
 
@@ -672,22 +675,26 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         return super().train(mode)
 
     def enable_fast_inference(
-        self, dtype: torch.dtype | None = torch.bfloat16, compile: bool = False
+        self, dtype: torch.dtype | str | None = torch.bfloat16, compile: bool = False
     ) -> "EoMTForUniversalSegmentation":
         """Faster inference (eval mode) at a small cost in precision; returns the model, switched to eval mode.
 
         Args:
             dtype: run inference under `torch.autocast(dtype)`. bfloat16 runs the matmuls faster than float32 on CPUs
                 with AVX-512 BF16 or AMX and on recent GPUs; the logits are returned in float32 and differ from
-                float32 inference by about 1% of their scale. None: plain float32.
+                float32 inference by about 1% of their scale. `"int8"` (or `torch.qint8`, CPU only): the transformer
+                blocks' linear layers in int8 (`quantization.Int8Linear`), the rest under bfloat16 autocast; weights
+                changed afterwards are not seen until `enable_fast_inference` is called again. None: plain float32.
             compile: `torch.compile` the inference forward with the weights frozen into the graph (inductor's
                 `freezing`): each new input size compiles once, and weights changed afterwards are not seen until
                 `enable_fast_inference` is called again.
         Training mode is unaffected; `enable_fast_inference(None)` switches everything off.
         """
-        if dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be torch.bfloat16, torch.float16 or None, got {dtype}")
-        self.inference_dtype = dtype
+        int8 = dtype in ("int8", torch.qint8)
+        if not int8 and dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.bfloat16, torch.float16, 'int8' or None, got {dtype}")
+        set_int8_linear_layers(self.eomt.layers, int8)
+        self.inference_dtype = torch.bfloat16 if int8 else dtype
         self.compiled_inference = torch.compile(self._forward, options={"freezing": True}) if compile else None
         return self.eval()
 

@@ -46,7 +46,7 @@ def test_the_set_up_commands_come_first_and_ci_runs_the_test_command():
 def test_every_eomt_command_line_parses():
     lines = [line for block in code_blocks("bash") for line in block.splitlines() if eomt_arguments(line) is not None]
     commands = {eomt_arguments(line)[0] for line in lines}
-    assert {"demo", "train", "evaluate", "predict", "convert", "benchmark"} <= commands
+    assert {"demo", "train", "evaluate", "predict", "convert", "export", "benchmark"} <= commands
     parser = build_parser()
     for line in lines:
         try:
@@ -71,6 +71,7 @@ QUICK_OPTIONS = {
     "train": ["--steps", "2", "--batch-size", "2", "--workers", "0", "--no-progress"],
     "evaluate": ["--workers", "0", "--no-progress"],
     "predict": [],
+    "export": [],
 }
 
 
@@ -78,13 +79,14 @@ def test_the_commands_on_the_demo_outputs_run(demo_folder, monkeypatch, single_t
     monkeypatch.chdir(demo_folder)
     lines = [line for block in code_blocks("bash") for line in block.splitlines()]
     commands = [eomt_arguments(line) for line in lines if "outputs/demo/" in line and eomt_arguments(line)]
-    assert [arguments[0] for arguments in commands] == ["train", "evaluate", "predict"]
+    assert [arguments[0] for arguments in commands] == ["train", "evaluate", "predict", "export"]
     for arguments in commands:
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(arguments + QUICK_OPTIONS[arguments[0]]) == 0, arguments
     assert Path("runs/demo_s/config.json").is_file() and Path("runs/demo_s/eval_metrics.json").is_file()
     images = list(Path("outputs/demo/data/val2017").iterdir())
     assert len(list(Path("outputs/predict/overlays").glob("*.png"))) == len(images)
+    assert Path("outputs/demo.onnx").stat().st_size > 0
 
 
 def test_every_python_example_runs(demo_folder, monkeypatch, single_thread):

@@ -1,4 +1,5 @@
-"""fast: the fast inference options (`enable_fast_inference`: bf16 autocast, torch.compile) against transformers."""
+"""fast: the fast inference options (`enable_fast_inference`: bf16 autocast, int8 linear layers on CPU, torch.compile)
+against transformers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from torch import Tensor
 
 from benchmarks.context import BenchmarkContext, autocast_inference, fast_copy, first_call_seconds, inference
 from benchmarks.registry import Result, register_section
+from modeling_eomt import fast_paths
+from modeling_eomt.quantization import check_int8_support
 
 
 def relative_difference(run: Callable[[], Any], expected: Tensor) -> float:
@@ -28,6 +31,8 @@ def fast_section(context: BenchmarkContext) -> list[Result]:
         "ours bf16": inference(fast_copy(pair, torch.bfloat16), pixel_values),
         "reference bf16": autocast_inference(pair.reference, pixel_values, torch.bfloat16),
     }
+    if int8_supported(context.device):
+        candidates["ours int8"] = inference(fast_copy(pair, "int8"), pixel_values)
     if context.args.compile:
         candidates["ours bf16 compiled"] = inference(fast_copy(pair, torch.bfloat16, compile=True), pixel_values)
         compile_seconds = first_call_seconds(candidates["ours bf16 compiled"])
@@ -41,7 +46,10 @@ def fast_section(context: BenchmarkContext) -> list[Result]:
         return Result.timed("fast", case, times[name], times[baseline], notes=notes)
 
     difference = differences["ours bf16"]
-    bf16_note = f"enable_fast_inference(torch.bfloat16); max difference to fp32 {difference:.1e} of the logit scale"
+    bf16_note = (
+        f"enable_fast_inference(torch.bfloat16); max difference to fp32 {difference:.1e} of the logit scale; "
+        f"attention: {attention_kernel(context.device)}"
+    )
     results = [
         row("ours", "ours fp32 vs transformers fp32", "no option"),
         row("ours bf16", "ours bf16 vs transformers fp32", bf16_note),
@@ -52,6 +60,14 @@ def fast_section(context: BenchmarkContext) -> list[Result]:
             baseline="reference bf16",
         ),
     ]
+    if "ours int8" in candidates:
+        note = (
+            "enable_fast_inference('int8'): int8 linear layers (oneDNN), the rest under bf16 autocast; max difference "
+            f"to fp32 {differences['ours int8']:.1e}"
+        )
+        results.append(row("ours int8", "ours int8 vs transformers fp32", note))
+        same = "int8 linear layers against transformers' bf16 autocast"
+        results.append(row("ours int8", "ours int8 vs transformers bf16 (autocast)", same, baseline="reference bf16"))
     if context.args.compile:
         note = (
             f"enable_fast_inference(torch.bfloat16, compile=True), compiled in {compile_seconds:.0f} s; max difference "
@@ -59,3 +75,21 @@ def fast_section(context: BenchmarkContext) -> list[Result]:
         )
         results.append(row("ours bf16 compiled", "ours bf16 + torch.compile vs transformers fp32", note))
     return results
+
+
+def int8_supported(device: torch.device) -> bool:
+    try:
+        check_int8_support(device)
+    except ValueError:
+        return False
+    return True
+
+
+def attention_kernel(device: torch.device) -> str:
+    """The bf16 attention kernel on `device` (`fast_paths.CPU_KERNELS` on CPU) and why, for the notes."""
+    if device.type != "cpu":
+        return "SDPA"
+    features = fast_paths.read_cpu_features()
+    flags = ", ".join(name for name, present in vars(features).items() if present) or "neither avx512_bf16 nor amx_bf16"
+    matmuls = torch.bfloat16 in fast_paths.CPU_KERNELS.matmul_attention_dtypes
+    return f"{'matmuls' if matmuls else 'SDPA'} (CPU: {flags})"

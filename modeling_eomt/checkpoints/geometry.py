@@ -18,10 +18,16 @@ CLASS_TOKEN, REGISTER_TOKENS = "eomt.embeddings.cls_token", "eomt.embeddings.reg
 
 
 def interpolate_position_embeddings(
-    position_embeddings: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = False
+    position_embeddings: Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    antialias: bool = False,
+    always: bool = False,
 ) -> Tensor:
-    """Bicubically resample patch position embeddings `(1, old_h * old_w, C)` to `(1, new_h * new_w, C)` (in fp32)."""
-    if tuple(old_grid) == tuple(new_grid):
+    """Bicubically resample patch position embeddings `(1, old_h * old_w, C)` to `(1, new_h * new_w, C)` (in fp32).
+    The same grid returns them as they are, unless `always` (a graph traced for any grid must not branch on its size;
+    bicubic resampling to the same grid weighs each position by exactly 1 and its neighbours by 0)."""
+    if not always and tuple(old_grid) == tuple(new_grid):
         return position_embeddings
     dim = position_embeddings.shape[-1]
     grid = position_embeddings.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)

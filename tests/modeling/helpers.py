@@ -1,8 +1,11 @@
 """Tiny configurations shared by the model tests."""
 
+import dataclasses
+
+import pytest
 import torch
 
-from modeling_eomt import EoMTConfig
+from modeling_eomt import EoMTConfig, fast_paths
 
 TINY = dict(
     hidden_size=32,
@@ -33,3 +36,21 @@ def perturb_(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * scale)
     return model
+
+
+def use_cpu_kernels(monkeypatch, **changes) -> fast_paths.CpuKernels:
+    """Make the fast paths use this machine's CPU kernels with `changes` (fields of `CpuKernels`) for one test."""
+    kernels = dataclasses.replace(fast_paths.CPU_KERNELS, **changes)
+    monkeypatch.setattr(fast_paths, "CPU_KERNELS", kernels)
+    return kernels
+
+
+def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest |actual - expected| over the largest |expected|."""
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+# int8 inference needs oneDNN's quantized engine (x86 builds of PyTorch).
+needs_int8 = pytest.mark.skipif(
+    "onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine in this build"
+)

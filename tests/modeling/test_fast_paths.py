@@ -6,9 +6,11 @@ import torch.nn.functional as F
 
 from modeling_eomt import EoMTForUniversalSegmentation, fast_paths
 from modeling_eomt.fast_paths import (
+    CpuFeatures,
     attention,
     attention_by_matmuls,
     band_rows,
+    choose_cpu_kernels,
     compute_mask_logits,
     forward_in_bands,
     mask_logits_in_bands,
@@ -16,7 +18,7 @@ from modeling_eomt.fast_paths import (
     prefers_matmul_attention,
     sdpa_with_query_mask,
 )
-from tests.modeling.helpers import perturb_, tiny_config
+from tests.modeling.helpers import perturb_, tiny_config, use_cpu_kernels
 
 
 def random_attention_inputs(batch=2, heads=3, tokens=23, head_dim=8, num_queries=5):
@@ -38,7 +40,7 @@ def plain_attention(query, key, value, query_mask):
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("chunk_bytes", [2**20, 1])  # all heads at once, one head at a time
 def test_attention_by_matmuls_equals_sdpa(masked, chunk_bytes, monkeypatch):
-    monkeypatch.setattr(fast_paths, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+    use_cpu_kernels(monkeypatch, attention_chunk_bytes=chunk_bytes)
     query, key, value, query_mask = random_attention_inputs()
     query_mask = query_mask if masked else None
     expected = plain_attention(query, key, value, query_mask)
@@ -53,17 +55,61 @@ def test_sdpa_with_query_mask_equals_sdpa_with_the_full_mask():
     torch.testing.assert_close(actual, plain_attention(query, key, value, query_mask), atol=1e-6, rtol=1e-6)
 
 
-def test_matmul_attention_is_chosen_for_half_precision_inference_on_cpu_only():
+# /proc/cpuinfo flags of the machine kinds measured in docs/benchmarks/fast-paths.md, and of older x86 CPUs.
+AMD_EPYC_ZEN4 = "fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni".split()
+INTEL_XEON_AMX = "fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni avx512_fp16 amx_bf16 amx_tile amx_int8".split()
+AVX2_ONLY = "fpu sse2 avx avx2 fma".split()
+
+
+def test_cpu_features_are_read_from_the_flags():
+    assert CpuFeatures.from_flags(AMD_EPYC_ZEN4) == CpuFeatures(avx512_bf16=True, amx_bf16=False)
+    assert CpuFeatures.from_flags(INTEL_XEON_AMX) == CpuFeatures(avx512_bf16=True, amx_bf16=True)
+    assert CpuFeatures.from_flags(AVX2_ONLY) == CpuFeatures()
+
+
+@pytest.mark.parametrize(
+    "flags, matmul_dtypes",
+    [
+        (AMD_EPYC_ZEN4, {torch.bfloat16}),  # SDPA's kernel runs no faster in bfloat16 than in float32 there
+        (INTEL_XEON_AMX, set()),  # SDPA's kernel multiplies on the AMX tiles: faster than the matmuls
+        (AVX2_ONLY, set()),  # no fast bfloat16 matmuls either: SDPA, as transformers
+    ],
+    ids=["avx512_bf16", "amx", "avx2"],
+)
+def test_kernels_are_chosen_from_the_cpu_features(flags, matmul_dtypes, monkeypatch):
+    kernels = choose_cpu_kernels(CpuFeatures.from_flags(flags))
+    assert kernels.matmul_attention_dtypes == matmul_dtypes
+    # the chunk and band sizes depend on the allocator, the same on every machine kind measured
+    assert (kernels.attention_chunk_bytes, kernels.upscale_band_bytes) == (4 * 2**20, 8 * 2**20)
+
+    monkeypatch.setattr(fast_paths, "CPU_KERNELS", kernels)
     query = torch.randn(1, 2, 4, 8)
-    assert not prefers_matmul_attention(query)
-    assert prefers_matmul_attention(query.bfloat16())
-    assert prefers_matmul_attention(query.half())
+    assert prefers_matmul_attention(query.bfloat16()) == (torch.bfloat16 in matmul_dtypes)
+    assert not prefers_matmul_attention(query)  # float32: SDPA everywhere
+    assert not prefers_matmul_attention(query.half())  # float16: SDPA everywhere
     assert not prefers_matmul_attention(query.bfloat16(), training=True)  # no dropout in attention_by_matmuls
+    assert not prefers_matmul_attention(query.bfloat16().to("meta"))  # not on CPU
+
+
+def test_this_machine_kernels_come_from_its_cpu_features():
+    assert fast_paths.CPU_KERNELS == choose_cpu_kernels(fast_paths.read_cpu_features())
+
+
+def test_cpu_features_fall_back_to_torch_without_proc_cpuinfo(monkeypatch):
+    def no_cpuinfo(path, *args, **kwargs):
+        raise FileNotFoundError(path)  # as on macOS and Windows
+
+    monkeypatch.setattr("builtins.open", no_cpuinfo)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert fast_paths.read_cpu_features() == CpuFeatures(avx512_bf16=True, amx_bf16=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention_follows_the_kernel_choice_and_equals_plain_attention(dtype, masked, monkeypatch):
+@pytest.mark.parametrize("matmul_dtypes", [set(), {torch.bfloat16}], ids=["sdpa", "matmuls"])
+def test_attention_follows_the_kernel_choice_and_equals_plain_attention(dtype, masked, matmul_dtypes, monkeypatch):
+    use_cpu_kernels(monkeypatch, matmul_attention_dtypes=frozenset(matmul_dtypes))
     query, key, value, query_mask = random_attention_inputs()
     query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     query_mask = query_mask if masked else None
@@ -71,7 +117,7 @@ def test_attention_follows_the_kernel_choice_and_equals_plain_attention(dtype, m
     original = fast_paths.attention_by_matmuls
     monkeypatch.setattr(fast_paths, "attention_by_matmuls", lambda *args: calls.append(1) or original(*args))
     actual = attention(query, key, value, query_mask)
-    assert len(calls) == (dtype == torch.bfloat16)
+    assert len(calls) == (dtype in matmul_dtypes)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # bfloat16 keeps 8 bits of mantissa
     expected = plain_attention(query, key, value, query_mask)
     torch.testing.assert_close(actual.float(), expected, atol=tolerance, rtol=tolerance)
@@ -114,7 +160,7 @@ def test_mask_logits_in_bands_equal_the_product_with_the_whole_upscaled_map(heig
 
 
 def test_bands_are_used_for_large_maps_on_cpu_without_gradients_only(monkeypatch):
-    monkeypatch.setattr(fast_paths, "UPSCALE_BAND_BYTES", 1024)
+    use_cpu_kernels(monkeypatch, upscale_band_bytes=1024)
     large = torch.randn(1, 8, 64, 4)  # 512 bytes of float32 output per input row, 32 KiB in all
     small = torch.randn(1, 8, 1, 1)  # 128 bytes of output
     with torch.no_grad():

@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from training.commands import benchmark, convert, demo, evaluate, predict, quickstart, train
+from training.commands import benchmark, convert, demo, evaluate, export, predict, quickstart, train
 from training.commands.arguments import INPUT_ERROR_STATUS, InputError, report_error, user_message
 
-COMMANDS = (quickstart, demo, convert, train, evaluate, predict, benchmark)  # in the order `eomt --help` lists them
+COMMANDS = (quickstart, demo, convert, train, evaluate, predict, export, benchmark)  # in the order `eomt --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,95 @@
+"""int8 inference (`enable_fast_inference("int8")`, `modeling_eomt.quantization`): close to float32, the same state
+dict, reversible, training untouched."""
+
+import pytest
+import torch
+from torch import nn
+
+from modeling_eomt import EoMTForUniversalSegmentation, quantization
+from modeling_eomt.quantization import Int8Linear, check_int8_support
+from tests.modeling.helpers import needs_int8, perturb_, relative_difference, tiny_config
+
+pytestmark = needs_int8
+INT8_RELATIVE_TOLERANCE = 0.05  # of the logits' largest magnitude (test_fast_inference.py)
+
+
+def test_int8_linear_is_close_to_the_float_layer_and_exact_in_training_mode():
+    linear = nn.Linear(48, 40)
+    hidden_states = torch.randn(2, 7, 48)
+    layer = Int8Linear(linear).eval()
+    with torch.no_grad():
+        expected = linear(hidden_states)
+        actual = layer(hidden_states)
+        assert actual.shape == expected.shape and actual.dtype == torch.float32
+        assert 0 < relative_difference(actual, expected) < 0.02  # > 0: the int8 kernel ran
+        assert relative_difference(layer(hidden_states.bfloat16()), expected) < 0.03  # bfloat16 inputs (autocast)
+        assert torch.equal(layer.train()(hidden_states), expected)
+    assert layer.weight is linear.weight and layer.bias is linear.bias
+    restored = layer.to_linear()
+    assert type(restored) is nn.Linear and restored.weight is linear.weight and restored.bias is linear.bias
+
+
+@pytest.mark.parametrize("variant, per_block", [("dinov2-registers-swiglu", 4), ("dinov3", 3)])
+def test_int8_replaces_the_block_linear_layers_that_compute_through_their_module(variant, per_block):
+    model = EoMTForUniversalSegmentation(tiny_config(variant)).enable_fast_inference(torch.qint8)
+    layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
+    assert len(layers) == per_block * model.config.num_hidden_layers
+    attention = model.eomt.layers[0].attention
+    # DINOv3's qkv projection adds separate query and value biases to its float weight with F.linear
+    assert isinstance(attention.qkv, Int8Linear) == (attention.q_bias is None)
+    assert not isinstance(model.class_predictor, Int8Linear)  # the heads stay under bfloat16 autocast
+    assert model.inference_dtype == torch.bfloat16
+
+
+def test_int8_keeps_the_state_dict_and_switches_off(tmp_path):
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config())).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(pixel_values).masks_queries_logits
+        model.enable_fast_inference("int8")
+        assert list(model.state_dict()) == list(state)
+        model.save_pretrained(tmp_path)  # the float32 weights, loadable without int8
+        loaded = EoMTForUniversalSegmentation.from_pretrained(tmp_path).eval()
+        assert torch.equal(loaded(pixel_values).masks_queries_logits, expected)
+        model.enable_fast_inference(None)
+        assert not any(isinstance(module, Int8Linear) for module in model.modules())
+        assert torch.equal(model(pixel_values).masks_queries_logits, expected)
+
+
+def test_int8_training_mode_uses_the_float_weights_and_repacking_sees_new_weights():
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config()))
+    pixel_values = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    expected_train = model.train()(pixel_values).masks_queries_logits
+    model.enable_fast_inference("int8").train()
+    torch.manual_seed(1)
+    assert torch.equal(model(pixel_values).masks_queries_logits, expected_train)
+
+    model.eval().set_attn_mask_probs(0.0)
+    with torch.no_grad():
+        before = model(pixel_values).masks_queries_logits
+        fc1 = model.eomt.layers[-1].mlp.fc1
+        fc1.weight.mul_(3)  # the packed int8 weights are those of enable_fast_inference's time
+        assert torch.equal(model(pixel_values).masks_queries_logits, before)
+        model.enable_fast_inference("int8")
+        after = model(pixel_values).masks_queries_logits
+        model.enable_fast_inference(None)
+        expected = model(pixel_values).masks_queries_logits
+    assert relative_difference(after, expected) < INT8_RELATIVE_TOLERANCE < relative_difference(before, expected)
+
+
+def test_int8_refuses_other_devices_and_builds_without_onednn(monkeypatch):
+    with pytest.raises(ValueError, match="int8 inference runs on the CPU; the model is on cuda:0"):
+        check_int8_support(torch.device("cuda", 0))
+    model = EoMTForUniversalSegmentation(tiny_config())
+    monkeypatch.setattr(quantization, "ENGINE", "missing")  # as on a build without oneDNN's quantized engine
+    with pytest.raises(ValueError, match=r"needs PyTorch's 'missing' quantized engine \(x86 CPUs\); this build has"):
+        model.enable_fast_inference("int8")
+    assert not any(isinstance(module, Int8Linear) for module in model.modules())
+
+
+def test_int8_packing_restores_the_quantized_engine(monkeypatch):
+    monkeypatch.setattr(torch.backends.quantized, "engine", "x86")
+    quantization.pack_int8_weight(torch.randn(8, 4), None)
+    assert torch.backends.quantized.engine == "x86"
