@@ -125,11 +125,13 @@ def panoptic_target(
     segments_info: Sequence[Mapping],
     category_to_label: Mapping[int, int] | None = None,
     source: str = "panoptic annotation",
+    absent: list[int] | None = None,
 ) -> MaskTarget:
     """A `MaskTarget` from a panoptic segment-id map `(H, W)` (0 = void; use `rgb_to_id` on COCO PNGs) and its
     `segments_info` (`[{"id", "category_id", "iscrowd"?}]`). `category_to_label` maps dataset category ids to
     contiguous labels (identity when None). Ids in the map missing from `segments_info`, and categories missing from
-    `category_to_label`, are errors naming `source`; segments without pixels are dropped."""
+    `category_to_label`, are errors naming `source`; segments without pixels are dropped (their ids are appended to
+    `absent` when given, for the caller to report)."""
     id_map, present = _present_ids(id_map, 0, "the segment-id map", source)
     by_id: dict[int, Mapping] = {}
     for segment in segments_info:
@@ -139,6 +141,8 @@ def panoptic_target(
     unknown = sorted(int(i) for i in present if int(i) not in by_id)
     if unknown:
         raise ValueError(f"{source}: segment ids {unknown[:10]} in the PNG are not in segments_info")
+    if absent is not None:
+        absent.extend(sorted(set(by_id) - {int(i) for i in present}))
     labels, crowd = [], []
     for segment_id in present:
         segment = by_id[int(segment_id)]

@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 
 from . import fast_paths
 from .checkpoints import check_loading_info, interpolate_position_embeddings, load_transformers_eomt
+from .checkpoints.loading import check_model_directory, warn_nonfinite
 from .configuration_eomt import EoMTConfig
 
 
@@ -419,15 +420,18 @@ class EoMTPreTrainedModel(PreTrainedModel):
         `EomtDinov3ForUniversalSegmentation` is converted on the fly. Any missing, unexpected or mismatched weight is
         a `ValueError`; with `reinitialize_heads=True` the segmentation heads (class head, mask head, upscale blocks,
         queries) may be missing or of another shape (e.g. `num_labels` changed for fine-tuning) and are initialised
-        afresh.
+        afresh. An unreadable `config.json` or safetensors file is a `ValueError` naming it; NaN or infinite weights are
+        named in a warning.
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
+        check_model_directory(pretrained_model_name_or_path)
         loaded = None if "config" in kwargs else load_transformers_eomt(cls, pretrained_model_name_or_path, **kwargs)
         if loaded is None:
             kwargs["ignore_mismatched_sizes"] = True  # mismatches are reported by check_loading_info below
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
         model, info = loaded
         check_loading_info(model, info, str(pretrained_model_name_or_path), reinitialize_heads)
+        warn_nonfinite(model, str(pretrained_model_name_or_path))
         return (model, info) if output_loading_info else model
 
     @torch.no_grad()

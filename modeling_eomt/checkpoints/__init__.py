@@ -30,8 +30,8 @@ from .backbones import (
 )
 from .formats import detect_state_dict_format
 from .geometry import interpolate_position_embeddings, resize_patch_kernel
-from .io import PYTORCH_NAME, load_state_dict_from_directory, load_weight_file, read_config_dict
-from .loading import HEAD_PREFIXES, ModelT, check_loading_info, load_state_dict_with_info
+from .io import PYTORCH_NAME, load_state_dict_from_directory, load_weight_file, read_config_dict, staged_directory
+from .loading import HEAD_PREFIXES, ModelT, check_finite, check_loading_info, load_state_dict_with_info
 from .original import config_from_original_checkpoint, convert_original_checkpoint, state_dict_from_original
 from .transformers_eomt import (
     TRANSFORMERS_EOMT_MODEL_TYPES,
@@ -111,14 +111,18 @@ def convert_checkpoint(
     **overrides: Any,
 ) -> ModelT:
     """Convert an EoMT checkpoint in any supported format (see `load_checkpoint`) and write it to `output_dir`:
-    `target_format` `"ours"` (`save_pretrained`, safetensors) or `"transformers"` (`save_as_transformers_eomt`)."""
+    `target_format` `"ours"` (`save_pretrained`, safetensors) or `"transformers"` (`save_as_transformers_eomt`).
+    The files are written atomically: an interrupted conversion leaves what `output_dir` held intact. Weights holding
+    NaN or infinite values are a `ValueError` naming them (nothing is written)."""
     if target_format not in ("ours", "transformers"):
         raise ValueError(f"target format {target_format!r} is not 'ours' or 'transformers'")
     model = load_checkpoint(model_class, source, source_format, delta_base, dataset, **overrides)
-    if target_format == "transformers":
-        save_as_transformers_eomt(model, output_dir)
-    else:
-        model.save_pretrained(output_dir)
+    check_finite(model, str(source))
+    with staged_directory(output_dir) as staging:
+        if target_format == "transformers":
+            save_as_transformers_eomt(model, staging)
+        else:
+            model.save_pretrained(staging)
     return model
 
 
