@@ -26,7 +26,7 @@ Another module adds rows by defining its own table and test the same way (e.g. `
   one, in `c.dir`, to break).
 - `expect`: substrings of the error message (the file or option it names and what is wrong); `{dir}` stands for
   `c.dir`.
-- `status`: a command's exit status: 2 refused (bad option, model, data or file; nothing done), 1 stopped part-way
+- `status`: a command's exit status: 2 refused (bad option, model, data or file; nothing done), 3 stopped part-way
   (what was done is kept and named), 0 done (with `expect` in a logged warning).
 - `error`: for a Python entry, the exception type raised; None: no exception, `expect` in a logged warning.
 - `keeps`: paths under `c.dir` whose files must be unchanged afterwards (nothing lost); `absent`: paths that must

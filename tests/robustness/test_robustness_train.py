@@ -1,6 +1,6 @@
 """`eomt train` under hostile data sets, output folders, checkpoints and settings: a broken file anywhere is found
 before training (exit status 2, the file named, nothing written); a model or run in `--out` is never replaced or
-resumed wrongly; a run that fails part-way says what it kept (exit status 1)."""
+resumed wrongly; a run that fails part-way says what it kept (exit status 3)."""
 
 from __future__ import annotations
 
@@ -168,17 +168,17 @@ RESUME = [
 STOPPED = [
     Case("train", "diverging run", train("coco", "--lr", "1000", "--steps", "30", "--save-steps", "5"),
          expect=["training diverged: steps", "NaN or infinite losses or gradients", "the final model was not written",
-                 "the last checkpoint with finite weights is {dir}/out/checkpoint-5"], status=1,
+                 "the last checkpoint with finite weights is {dir}/out/checkpoint-5"], status=3,
          absent=["out/model.safetensors", "out/config.json"], present=["out/checkpoint-5", "out/log_history.json"]),
     Case("train", "truncated image with --skip-validation",
          train("coco", "--skip-validation", prepare=lambda c, root: [truncate(p, 0.7) for p in (root / "train2017").glob("*.jpg")]),
          expect=["training stopped at step 0:", "{dir}/coco/train2017/", "image file is truncated",
-                 "no checkpoint was saved"], status=1, absent=["out/model.safetensors"]),
+                 "no checkpoint was saved"], status=3, absent=["out/model.safetensors"]),
     Case("train", "final evaluation fails", train(
              "coco", "--skip-validation", prepare=lambda c, root: truncate(root / "val2017" / "000000000002.jpg", 0.7),
              evaluate=True),
          expect=["the final evaluation failed", "{dir}/coco/val2017/000000000002.jpg", "the trained model was written "
-                 "to {dir}/out"], status=1, present=["out/model.safetensors", "out/config.json", "out/log_history.json"],
+                 "to {dir}/out"], status=3, present=["out/model.safetensors", "out/config.json", "out/log_history.json"],
          absent=["out/metrics.json"]),
 ]  # fmt: skip
 

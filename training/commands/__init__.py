@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; its exit status. Errors print one line, `eomt COMMAND: error: ...` (`--debug`: the traceback):
     a bad option (argparse), model, data set, file or setting (`InputError`, `ValueError`, `OSError`, `SampleError`)
-    returns 2, nothing done; a run that stopped part-way (`RunError`) returns 1, with what was kept in the message."""
+    returns 2, nothing done; a run that stopped part-way (`RunError`) returns 3, with what was kept in the message."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

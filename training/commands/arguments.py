@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 INPUT_ERROR_STATUS = 2
 """Exit status of a command stopped by a bad input or option (`InputError`, or a `ValueError` / `OSError` about the
 model, data or files): reported in one line; nothing was done, nothing was lost."""
-RUN_ERROR_STATUS = 1
-"""Exit status of a command that failed part-way (`RunError`): what it finished is kept and the message says where."""
+RUN_ERROR_STATUS = 3
+"""Exit status of a command that did part of its work (`RunError`): what it finished is kept and the message says
+where (1 stays Python's status for a crash)."""
 
 
 class InputError(Exception):
@@ -27,7 +28,7 @@ class InputError(Exception):
 
 class RunError(Exception):
     """A run that stopped part-way (training diverged, a file broke mid-run, the final evaluation failed): reported in
-    one line naming what was kept (checkpoints, the final model), exit status 1."""
+    one line naming what was kept (checkpoints, the final model), exit status 3."""
 
 
 def report_error(command: str, message: str) -> None:

@@ -16,7 +16,7 @@ def run_cli(*argv) -> int:
 
 
 def assert_error(capsys, *argv, expected: str, status: int = 2) -> str:
-    """`eomt *argv` fails with exit status `status` (2: bad input, nothing done; 1: stopped part-way) and one
+    """`eomt *argv` fails with exit status `status` (2: bad input, nothing done; 3: stopped part-way) and one
     `eomt COMMAND: error: ...` line on stderr containing `expected`, no traceback."""
     capsys.readouterr()  # what came before
     assert run_cli(*argv) == status

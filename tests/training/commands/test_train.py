@@ -83,7 +83,7 @@ def test_resume_continues_exactly_and_evaluation_does_not_disturb_training(panop
     assert all(torch.equal(expected[key], evaluated[key]) for key in expected)
 
 
-# ---- bad input: one line on stderr, exit status 2 (1 when the run stopped part-way), no traceback ----
+# ---- bad input: one line on stderr, exit status 2 (3 when the run stopped part-way), no traceback ----
 
 
 def test_data_problems_are_reported_before_training(panoptic_root, tmp_path, capsys):
@@ -110,7 +110,7 @@ def test_a_corrupt_image_found_during_training_is_named(tmp_path, capsys):
     arguments = ["train", "--data", root, "--out", tmp_path / "out", *TINY, *FAST, "--steps", 4, "--no-eval"]
     message = assert_error(capsys, *arguments, expected=str(corrupt))  # the validation pass reads every record
     assert "problem(s)" in message and "truncated" in message and not (tmp_path / "out").exists()
-    message = assert_error(capsys, *arguments, "--skip-validation", "--workers", 1, status=1,
+    message = assert_error(capsys, *arguments, "--skip-validation", "--workers", 1, status=3,
                            expected="error: training stopped at step ")  # fmt: skip
     assert str(corrupt) in message and "truncated" in message
 
