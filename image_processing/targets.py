@@ -81,7 +81,7 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"a panoptic PNG must be RGB (H, W, 3), got shape {rgb.shape}")
-    channels = [rgb[..., channel].astype(np.int64) for channel in range(3)]  # one channel at a time: 2x faster
+    channels = [rgb[..., channel].astype(np.int64) for channel in range(3)]  # no (H, W, 3) int64 temporary
     return channels[0] + (channels[1] << 8) + (channels[2] << 16)
 
 
@@ -104,7 +104,7 @@ def _present_ids(id_map: np.ndarray, ignore_index: int | None, what: str, source
     id_map = np.asarray(id_map)
     if id_map.ndim != 2:
         raise ValueError(f"{source}: {what} must be 2-D (H, W), got shape {id_map.shape}")
-    if id_map.size:  # every value starts a run in some row: sort the run starts only (~15x faster on label maps)
+    if id_map.size:  # every value starts a run in some row: label maps are piecewise constant, few starts to sort
         starts = id_map[:, 1:][id_map[:, 1:] != id_map[:, :-1]]
         ids = np.unique(np.concatenate([id_map[:, 0], starts]))
     else:

@@ -83,8 +83,8 @@ class NonFiniteGuard(TrainerCallback):
         self.skipped_steps.append(step)
         self._skipped_since_log += 1
         logger.warning(
-            "step %d: the loss or the gradients hold NaN or infinite values; the optimizer step is skipped (%d in a row; "
-            "training stops at %d)", step, self.consecutive, self.max_consecutive,
+            "step %d: the loss or the gradients hold NaN or infinite values; the optimizer step is skipped (%d in a "
+            "row; training stops at %d)", step, self.consecutive, self.max_consecutive,
         )  # fmt: skip
         if self.consecutive >= self.max_consecutive:
             self.stopped = True

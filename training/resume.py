@@ -112,7 +112,8 @@ def check_same_schedule(settings: TrainSettings, output_dir: str | os.PathLike, 
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         recorded = {"max_steps": state.get("max_steps")} if settings.max_steps is not None else {}
         source = str(Path(checkpoint) / "trainer_state.json")
-    names = [name for name in SCHEDULE_FIELDS if name in recorded and _normalise(recorded[name]) != _normalise(current[name])]
+    names = [name for name in SCHEDULE_FIELDS
+             if name in recorded and _normalise(recorded[name]) != _normalise(current[name])]  # fmt: skip
     if current.get("max_steps") is not None and recorded.get("max_steps") is not None:
         names = [name for name in names if name != "epochs"]  # the steps decide
     if names:

@@ -188,31 +188,29 @@ def _train_save_evaluate(trainer: EoMTTrainer, output_dir: Path, resume_from: st
     except Exception as error:
         raise RunError(f"training stopped at step {trainer.state.global_step}: {user_message(error)}; "
                        f"{_kept_checkpoint(output_dir)}") from error  # fmt: skip
-    if trainer.nonfinite_guard.stopped or not parameters_are_finite(trainer.model):
-        _write_history(trainer, output_dir)
-        if trainer.nonfinite_guard.stopped:
-            raise RunError(trainer.nonfinite_guard.describe(trainer.state.global_step))
-        try:
-            check_finite(trainer.model, "the trained model")
-        except ValueError as error:
-            raise RunError(f"{error}; it was not written; {_kept_checkpoint(output_dir)}") from None
+    guard = trainer.nonfinite_guard
+    if guard.stopped or not parameters_are_finite(trainer.model):
+        _write_outputs(trainer, output_dir)
+        raise RunError(guard.describe(trainer.state.global_step) if guard.stopped else "the trained weights hold NaN "
+                       f"or infinite values, so the final model was not written; {_kept_checkpoint(output_dir)}")
     trainer.save_model(str(output_dir))  # model + processor, by the main process; before evaluating: nothing lost
-    _write_history(trainer, output_dir)
-    if trainer.eval_dataset is None:
-        return {}
-    try:
-        metrics = trainer.evaluate()
-    except Exception as error:
-        raise RunError(f"the final evaluation failed ({user_message(error)}); the trained model was written to "
-                       f"{output_dir}") from error  # fmt: skip
-    if trainer.is_world_process_zero():
-        write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class})
-        _write_history(trainer, output_dir)
+    metrics = {}
+    if trainer.eval_dataset is not None:
+        try:
+            metrics = trainer.evaluate()
+        except Exception as error:
+            _write_outputs(trainer, output_dir)
+            raise RunError(f"the final evaluation failed ({user_message(error)}); the trained model was written to "
+                           f"{output_dir}") from error  # fmt: skip
+    _write_outputs(trainer, output_dir, metrics)
     return metrics
 
 
-def _write_history(trainer: EoMTTrainer, output_dir: Path) -> None:
+def _write_outputs(trainer: EoMTTrainer, output_dir: Path, metrics: dict[str, Any] | None = None) -> None:
+    """`metrics.json` (unless `metrics` is None: no final evaluation to report), `log_history.json` and the curves."""
     if trainer.is_world_process_zero():
+        if metrics is not None:
+            write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class} if metrics else {})
         write_json(output_dir / "log_history.json", trainer.state.log_history)
         plot_training_curves(trainer.state.log_history, output_dir)
 

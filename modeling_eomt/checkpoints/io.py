@@ -159,7 +159,8 @@ def staged_directory(directory: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
     try:
         yield staging
-        files = sorted((path for path in staging.rglob("*") if not path.is_dir()), key=lambda p: p.name == "config.json")
+        files = [path for path in staging.rglob("*") if not path.is_dir()]
+        files.sort(key=lambda path: path.name == "config.json")  # last
         written = {path.relative_to(staging) for path in files}
         for path in files:
             target = directory / path.relative_to(staging)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from training.commands.arguments import InputError, add_conversion_arguments, conversion_overrides

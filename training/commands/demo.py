@@ -15,7 +15,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output directory")
     parser.add_argument("--ablation", action="store_true",
                         help="train three variants (masked attention kept, mask annealing, none) and compare them")  # fmt: skip
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data, the initialisation and the augmentation")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the data, the initialisation and the augmentation")  # fmt: skip
     parser.add_argument("--steps", type=positive_int, help="training steps (default: the recipe's)")
     parser.add_argument("--image-size", type=positive_int, help="side of the generated images, a multiple of 16")
     parser.add_argument("--quick", action="store_true", help="a run of seconds with a tiny model (for tests)")

@@ -42,8 +42,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--reinitialize-heads", action="store_true", help="new heads for a --checkpoint (other classes)")
     train.add_argument("--model-config", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="EoMTConfig field of a new model, e.g. hidden_size=64 (repeatable)")  # fmt: skip
-    option("--image-size", dest="image_size", type=positive_int, help="input side (default: checkpoint's, 640, 512 semantic)")
-    option("--num-queries", dest="num_queries", type=positive_int, help="queries of a new model (200, 100 for semantic)")
+    option("--image-size", dest="image_size", type=positive_int,
+           help="input side (default: checkpoint's, 640, 512 semantic)")  # fmt: skip
+    option("--num-queries", dest="num_queries", type=positive_int, help="queries of a new model (200, 100 semantic)")
     option("--num-blocks", dest="num_blocks", type=positive_int, help="masked-attention blocks of a new model (4)")
 
     option("--lr", dest="learning_rate", type=positive_float, help="peak learning rate")
@@ -51,22 +52,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     option("--weight-decay", dest="weight_decay", type=non_negative_float, help="AdamW weight decay")
     option("--max-grad-norm", dest="max_grad_norm", type=non_negative_float, help="gradient clipping norm (0: none)")
     option("--batch-size", dest="batch_size", type=positive_int, help="training batch size per process")
-    option("--eval-batch-size", dest="eval_batch_size", type=positive_int, help="evaluation batch size per process (= batch size)")
+    option("--eval-batch-size", dest="eval_batch_size", type=positive_int,
+           help="evaluation batch size per process (= batch size)")  # fmt: skip
     option("--steps", dest="max_steps", type=positive_int, help="optimizer steps (overrides --epochs)")
     option("--epochs", dest="epochs", type=positive_float, help="training epochs")
     option("--head-warmup-steps", dest="head_warmup_steps", type=non_negative_int, help="warm-up of the new parameters")
-    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=non_negative_int, help="warm-up of the backbone after it")
+    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=non_negative_int,
+           help="warm-up of the backbone after it")  # fmt: skip
     option("--poly-power", dest="poly_power", type=non_negative_float, help="power of the polynomial lr decay")
-    option("--annealing-power", dest="annealing_power", type=non_negative_float, help="power of the mask-annealing decay")
-    option("--annealing-start-steps", dest="annealing_start_steps", type=non_negative_int, nargs="+", help="per-block start steps "
-           "(default: the paper's schedule over the run)")  # fmt: skip
-    option("--annealing-end-steps", dest="annealing_end_steps", type=non_negative_int, nargs="+", help="per-block end steps")
+    option("--annealing-power", dest="annealing_power", type=non_negative_float, help="power of the annealing decay")
+    option("--annealing-start-steps", dest="annealing_start_steps", type=non_negative_int, nargs="+",
+           help="per-block start steps (default: the paper's schedule over the run)")  # fmt: skip
+    option("--annealing-end-steps", dest="annealing_end_steps", type=non_negative_int, nargs="+",
+           help="per-block end steps")  # fmt: skip
     option("--grad-accum", dest="gradient_accumulation_steps", type=positive_int, help="gradient accumulation steps")
     train.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     option("--workers", dest="workers", type=non_negative_int, help="data loading worker processes")
     option("--seed", dest="seed", type=non_negative_int, help="random seed (weights, augmentation, data order)")
-    option("--eval-steps", dest="eval_steps", type=positive_int, help="evaluate every N steps (default: at the end only)")
+    option("--eval-steps", dest="eval_steps", type=positive_int, help="evaluate every N steps (default: at the end)")
     option("--save-steps", dest="save_steps", type=positive_int, help="checkpoint every N steps")
     option("--save-total-limit", dest="save_total_limit", type=positive_int, help="checkpoints kept")
     option("--logging-steps", dest="logging_steps", type=positive_int, help="log every N steps")
@@ -82,8 +86,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     option("--max-nonfinite-steps", dest="max_nonfinite_steps", type=positive_int, help="stop after this many "
            "consecutive steps with a NaN or infinite loss or gradient (each is skipped)")  # fmt: skip
     train.add_argument("--eval-masked-attention", action="store_true", help="evaluate with masked attention")
-    option("--eval-threshold", dest="eval_threshold", type=probability, help="class-score threshold of panoptic/instance "
-           "evaluation (default: the authors' 0.8 / 0)")  # fmt: skip
+    option("--eval-threshold", dest="eval_threshold", type=probability, help="class-score threshold of "
+           "panoptic/instance evaluation (default: the authors' 0.8 / 0)")  # fmt: skip
     option("--report-to", dest="report_to", help="Trainer integrations (tensorboard, wandb, ...)")
     train.add_argument("--cpu", dest="use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

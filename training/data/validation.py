@@ -8,7 +8,7 @@ Every record is checked, in parallel threads (decoders release the GIL):
    targets built), except that its images are only streamed through the decoder, JPEGs at 1/8 scale, which still
    reads every byte of their compressed data (`SegmentationSource.verifying`). This finds everything the full check
    finds (a truncated or corrupt file anywhere, PNG segment ids missing from `segments_info`, label values out of
-   range) at about half its cost; `decode=True` is the full check (images decoded at full size).
+   range) at less cost; `decode=True` is the full check (images decoded at full size; docs/benchmarks: data-loading).
 A record whose files failed step 2 is not read in step 3, so each broken file is reported once. What the readers
 leave out or notice without it being an error (images without annotation, segments listed without pixels) is
 returned as `warnings`.
@@ -151,9 +151,7 @@ def validate_dataset(
     report = ValidationReport(source.info.name, num_records, num_files, len(to_read), problems, warnings,
                               time.perf_counter() - start)  # fmt: skip
     if notes:
-        logger.warning(
-            "%s: %d record(s) read with notes, e.g. %s", source.info.name, len(notes), notes[0]
-        )
+        logger.warning("%s: %d record(s) read with notes, e.g. %s", source.info.name, len(notes), notes[0])
     if problems and raise_on_problems:
         raise DatasetValidationError(report, max_reported)
     return report
