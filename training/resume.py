@@ -33,6 +33,8 @@ _OPTION_NAMES = {"max_steps": "--steps", "learning_rate": "--lr", "gradient_accu
 # What `Trainer` writes into a checkpoint besides the weights (`rng_state_N.pth` per process in multi-process runs).
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# FSDP and DeepSpeed save the weights and optimizer state sharded, in their own layouts: only the rest is checked.
+SHARDED_STATE = ("pytorch_model_fsdp_0", "optimizer_0", "global_step*")
 
 
 def saved_model_files(directory: str | os.PathLike) -> list[str]:
@@ -80,8 +82,10 @@ def check_resumable(checkpoint: str | os.PathLike) -> None:
     """A `ValueError` naming what a checkpoint lacks (optimizer, scheduler, trainer state, weights, random-number
     state) or which of its files is unreadable (e.g. truncated by an interrupted save), and the checkpoint before it."""
     checkpoint = Path(checkpoint)
-    missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
-    if not any((checkpoint / name).is_file() for name in WEIGHT_FILES):
+    sharded = any(any(checkpoint.glob(pattern)) for pattern in SHARDED_STATE)
+    required = ("trainer_state.json",) if sharded else CHECKPOINT_FILES
+    missing = [name for name in required if not (checkpoint / name).is_file()]
+    if not sharded and not any((checkpoint / name).is_file() for name in WEIGHT_FILES):
         missing.append("model weights (model.safetensors)")
     rng_states = sorted(checkpoint.glob("rng_state*.pth"))
     if not rng_states:
