@@ -18,6 +18,7 @@ from benchmarks.report import machine_description, markdown_table, write_json_re
 
 POSITIVE_OPTIONS = (
     "repeats", "threads", "image_size", "queries", "train_image_size", "train_batch_size", "train_queries",
+    "memory_repeats", "matmul_size", "profile_rows",
 )  # fmt: skip
 
 
@@ -29,6 +30,10 @@ def check_arguments(args: argparse.Namespace) -> list[Section]:
     for name in POSITIVE_OPTIONS:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be at least 0, got {args.warmup}")
+    if not 0.0 <= args.train_mask_prob <= 1.0:
+        raise ValueError(f"--train-mask-prob must be a probability in [0, 1], got {args.train_mask_prob}")
     for name in ("image_size", "train_image_size"):
         if getattr(args, name) % 16:
             raise ValueError(

@@ -28,6 +28,7 @@ from transformers.utils import logging
 from .hub import EoMTImageProcessorHubMixin
 from .inputs import ImageInput, as_image_list, to_label_array, to_rgb_array
 from .post_processing import post_process_instance, post_process_panoptic, post_process_semantic
+from .post_processing.checks import _check_thresholds
 from .targets import MaskTarget, check_class_ids, instance_target, panoptic_target, rgb_to_id, semantic_target
 from .transforms import (
     IMAGENET_MEAN,
@@ -75,12 +76,17 @@ def _size_dict(size: int | Mapping | None) -> dict[str, int | None]:
     """`{"shortest_edge": S, "longest_edge": L or None}` from an int (both edges) or such a dict."""
     if size is None:
         return {"shortest_edge": 640, "longest_edge": 640}
-    if isinstance(size, int):
-        return {"shortest_edge": size, "longest_edge": size}
-    if isinstance(size, Mapping) and size.get("shortest_edge"):
+    if isinstance(size, int) and not isinstance(size, bool):
+        edges = {"shortest_edge": size, "longest_edge": size}
+    elif isinstance(size, Mapping) and size.get("shortest_edge"):
         longest = size.get("longest_edge")
-        return {"shortest_edge": int(size["shortest_edge"]), "longest_edge": None if longest is None else int(longest)}
-    raise ValueError(f"size must be an int or a dict with 'shortest_edge' (and optionally 'longest_edge'), got {size!r}")
+        edges = {"shortest_edge": int(size["shortest_edge"]), "longest_edge": None if longest is None else int(longest)}
+    else:
+        raise ValueError(f"size must be an int or a dict with 'shortest_edge' (and optionally 'longest_edge'), got "
+                         f"{size!r}")  # fmt: skip
+    if any(edge is not None and edge < 1 for edge in edges.values()):
+        raise ValueError(f"size must give positive edges, got {size!r}")
+    return edges
 
 
 def _output(outputs: Any, name: str) -> Any:
@@ -482,8 +488,10 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
     ) -> list[dict[str, Any]]:
         """`{"segmentation": (H, W) long (-1: no instance), "segments_info": [{"id", "label_id", "score"}]}` per
         image. EoMT's instance masks are `logits > 0`: `mask_threshold` and `overlap_mask_area_threshold` are
-        accepted (the image-segmentation pipeline passes them) and unused. `return_binary_maps` gives the `(I, H, W)`
-        masks instead, overlaps included."""
+        accepted (the image-segmentation pipeline passes them), checked to lie in [0, 1] like every threshold, and
+        unused. `return_binary_maps` gives the `(I, H, W)` masks instead, overlaps included."""
+        unused = {"mask_threshold": mask_threshold, "overlap_mask_area_threshold": overlap_mask_area_threshold}
+        _check_thresholds(**{name: value for name, value in unused.items() if value is not None})
         class_logits, mask_logits = self._logits(outputs)
         self._no_windows(outputs, "instance")
         geometry = self._geometry(mask_logits, target_sizes, size, original_sizes, windows=False)

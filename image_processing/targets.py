@@ -81,8 +81,8 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"a panoptic PNG must be RGB (H, W, 3), got shape {rgb.shape}")
-    rgb = rgb[..., :3].astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    channels = [rgb[..., channel].astype(np.int64) for channel in range(3)]  # no (H, W, 3) int64 temporary
+    return channels[0] + (channels[1] << 8) + (channels[2] << 16)
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
@@ -104,7 +104,11 @@ def _present_ids(id_map: np.ndarray, ignore_index: int | None, what: str, source
     id_map = np.asarray(id_map)
     if id_map.ndim != 2:
         raise ValueError(f"{source}: {what} must be 2-D (H, W), got shape {id_map.shape}")
-    ids = np.unique(id_map)
+    if id_map.size:  # every value starts a run in some row: label maps are piecewise constant, few starts to sort
+        starts = id_map[:, 1:][id_map[:, 1:] != id_map[:, :-1]]
+        ids = np.unique(np.concatenate([id_map[:, 0], starts]))
+    else:
+        ids = np.unique(id_map)
     if ignore_index is not None:
         ids = ids[ids != ignore_index]
     return id_map, ids
@@ -125,11 +129,13 @@ def panoptic_target(
     segments_info: Sequence[Mapping],
     category_to_label: Mapping[int, int] | None = None,
     source: str = "panoptic annotation",
+    absent: list[int] | None = None,
 ) -> MaskTarget:
     """A `MaskTarget` from a panoptic segment-id map `(H, W)` (0 = void; use `rgb_to_id` on COCO PNGs) and its
     `segments_info` (`[{"id", "category_id", "iscrowd"?}]`). `category_to_label` maps dataset category ids to
     contiguous labels (identity when None). Ids in the map missing from `segments_info`, and categories missing from
-    `category_to_label`, are errors naming `source`; segments without pixels are dropped."""
+    `category_to_label`, are errors naming `source`; segments without pixels are dropped (their ids are appended to
+    `absent` when given, for the caller to report)."""
     id_map, present = _present_ids(id_map, 0, "the segment-id map", source)
     by_id: dict[int, Mapping] = {}
     for segment in segments_info:
@@ -139,6 +145,8 @@ def panoptic_target(
     unknown = sorted(int(i) for i in present if int(i) not in by_id)
     if unknown:
         raise ValueError(f"{source}: segment ids {unknown[:10]} in the PNG are not in segments_info")
+    if absent is not None:
+        absent.extend(sorted(set(by_id) - {int(i) for i in present}))
     labels, crowd = [], []
     for segment_id in present:
         segment = by_id[int(segment_id)]

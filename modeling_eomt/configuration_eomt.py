@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -16,6 +20,39 @@ SIZE_PRESETS: dict[str, tuple[int, int, int, str]] = {
 
 FFN_TYPES = ("mlp", "swiglu", "glu")
 POSITION_EMBEDDING_TYPES = ("absolute", "rope")
+
+# What each numeric field must be, checked before anything is computed from it (a config.json edited by hand, or
+# written by another tool, may hold "64" or 2.5): field -> (kind, lowest value, lowest value allowed, highest value).
+_POSITIVE, _NON_NEGATIVE, _PROBABILITY = (1, True, None), (0, True, None), (0, True, 1)
+_FIELD_KINDS: dict[str, tuple[str, tuple[float, bool, float | None]]] = {
+    **{name: ("int", _POSITIVE) for name in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size", "num_channels",
+        "num_queries", "num_blocks", "train_num_points", "intermediate_size")},
+    **{name: ("int", _NON_NEGATIVE) for name in ("num_register_tokens", "num_upscale_blocks")},
+    **{name: ("float", (0, False, None)) for name in ("mlp_ratio", "layer_norm_eps", "rope_theta", "oversample_ratio")},
+    **{name: ("float", _NON_NEGATIVE) for name in (
+        "initializer_range", "class_weight", "mask_weight", "dice_weight", "no_object_weight")},
+    **{name: ("float", _PROBABILITY) for name in (
+        "drop_path_rate", "attention_dropout", "hidden_dropout_prob", "importance_sample_ratio")},
+    **{name: ("float", (-math.inf, True, None)) for name in (
+        "layerscale_value", "pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale")},
+}  # fmt: skip
+_OPTIONAL_FIELDS = ("intermediate_size", "pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale")
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with the numeric field `name` holding `value` (see `_FIELD_KINDS`), or None."""
+    kind, (low, inclusive, high) = _FIELD_KINDS[name]
+    if value is None and name in _OPTIONAL_FIELDS:
+        return None
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        return f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r} ({type(value).__name__})"
+    if value < low or (value == low and not inclusive) or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f"{'>=' if inclusive else '>'} {low}"
+        return f"{name} must be {bounds}, got {value!r}"
+    return None
 
 
 def default_ffn_hidden_size(hidden_size: int, mlp_ratio: float, ffn_type: str) -> int:
@@ -176,9 +213,32 @@ class EoMTConfig(PretrainedConfig):
         side = self.image_size // self.patch_size
         return side, side
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "EoMTConfig":
+        """`PretrainedConfig.from_pretrained`; an invalid field, or a `config.json` that is not a JSON object, is a
+        `ValueError` naming the file."""
+        from .checkpoints.io import read_config_dict
+
+        if (Path(pretrained_model_name_or_path) / "config.json").is_file():
+            read_config_dict(pretrained_model_name_or_path)  # names the file if it is not a JSON object
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            source = Path(pretrained_model_name_or_path)
+            source = source / "config.json" if source.is_dir() else pretrained_model_name_or_path
+            raise ValueError(f"{source}: {error}") from None
+
     def validate_architecture(self) -> None:
-        """Raise a `ValueError` naming the field when the architecture fields are inconsistent."""
-        problems = []
+        """Raise a `ValueError` naming the field when a field has the wrong type or range, or the architecture fields
+        are inconsistent."""
+        problems = [problem for name in _FIELD_KINDS if (problem := _field_problem(name, getattr(self, name)))]
+        for name, choices in (("ffn_type", FFN_TYPES), ("position_embedding_type", POSITION_EMBEDDING_TYPES)):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name}={getattr(self, name)!r} is not one of {choices}")
+        if not isinstance(self.hidden_act, str):
+            problems.append(f"hidden_act must be the name of an activation, got {self.hidden_act!r}")
+        if problems:  # the checks below compute with the fields
+            raise ValueError("Invalid EoMTConfig: " + "; ".join(problems))
         if self.hidden_size % self.num_attention_heads != 0:
             problems.append(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
@@ -187,20 +247,10 @@ class EoMTConfig(PretrainedConfig):
             problems.append(
                 f"num_blocks={self.num_blocks} must be between 1 and num_hidden_layers={self.num_hidden_layers}"
             )
-        if self.ffn_type not in FFN_TYPES:
-            problems.append(f"ffn_type={self.ffn_type!r} is not one of {FFN_TYPES}")
-        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            problems.append(
-                f"position_embedding_type={self.position_embedding_type!r} is not one of {POSITION_EMBEDDING_TYPES}"
-            )
-        if self.position_embedding_type == "rope" and (self.hidden_size // max(self.num_attention_heads, 1)) % 4:
+        if self.position_embedding_type == "rope" and (self.hidden_size // self.num_attention_heads) % 4:
             problems.append(f"RoPE needs a head dimension divisible by 4, got {self.hidden_size // self.num_attention_heads}")
         if self.image_size % self.patch_size != 0:
             problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
-        if self.num_queries < 1:
-            problems.append(f"num_queries={self.num_queries} must be at least 1")
-        if self.num_upscale_blocks < 0 or self.num_register_tokens < 0:
-            problems.append("num_upscale_blocks and num_register_tokens must be >= 0")
         if problems:
             raise ValueError("Invalid EoMTConfig: " + "; ".join(problems))
 

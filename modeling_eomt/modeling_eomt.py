@@ -36,7 +36,7 @@ from transformers.utils import ModelOutput
 
 from . import fast_paths
 from .checkpoints.geometry import interpolate_position_embeddings
-from .checkpoints.loading import check_loading_info
+from .checkpoints.loading import check_loading_info, check_model_directory, warn_nonfinite
 from .configuration_eomt import EoMTConfig
 from .hub import EoMTHubMixin
 from .loss_eomt import MaskClassificationLoss
@@ -438,12 +438,15 @@ class EoMTPreTrainedModel(EoMTHubMixin, PreTrainedModel):
 
         Any missing, unexpected or mismatched weight is a `ValueError`; with `reinitialize_heads=True` the
         segmentation heads (class head, mask head, upscale blocks, queries) may be missing or of another shape (e.g.
-        `num_labels` changed for fine-tuning) and are initialised afresh.
+        `num_labels` changed for fine-tuning) and are initialised afresh. An unreadable `config.json` or safetensors
+        file is a `ValueError` naming it; NaN or infinite weights are named in a warning.
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
+        check_model_directory(pretrained_model_name_or_path)
         kwargs["ignore_mismatched_sizes"] = True  # mismatches are reported by check_loading_info below
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
         check_loading_info(model, info, str(pretrained_model_name_or_path), reinitialize_heads)
+        warn_nonfinite(model, str(pretrained_model_name_or_path))
         return (model, info) if output_loading_info else model
 
     @torch.no_grad()

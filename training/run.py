@@ -3,7 +3,12 @@
 `train(TrainSettings(...))` writes to `output_dir`: the checkpoints of the run (`checkpoint-*`, what `resume` continues
 from), the final model and image processor (`save_pretrained`; `from_pretrained(output_dir)` and
 `pipeline("image-segmentation", model=output_dir)` load them), `metrics.json` (final evaluation), `log_history.json`
-and the curves `loss.png`, `annealing.png` (and `eval_metrics.png` with evaluations during training).
+and the curves `loss.png`, `annealing.png` (and `eval_metrics.png` with evaluations during training), and
+`train_settings.json` (what `resume` checks, see `training.resume`).
+
+Nothing is lost: files are written atomically; a model already in `output_dir` is only replaced with `overwrite`; a
+run that stops part-way (an error, a diverged run, a failed final evaluation) raises a `RunError` naming what was
+kept (the last checkpoint, or the final model, which is written before the final evaluation).
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ from transformers.trainer_utils import get_last_checkpoint
 from image_processing import EoMTImageProcessor
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 
+from modeling_eomt.checkpoints.io import write_text_atomically
+from modeling_eomt.checkpoints.loading import check_finite
+
 from .annealing import MaskAnnealingCallback
+from .commands.arguments import RunError, user_message
 from .curves import plot_training_curves
 from .data import DatasetInfo, load_source, make_eval_dataset, make_train_dataset
+from .nonfinite import parameters_are_finite
+from .resume import check_resumable, check_same_schedule, saved_model_files, write_run_settings
 from .settings import TASK_DEFAULTS, TrainSettings
 from .trainer import EoMTTrainer, recipe_training_arguments
 
@@ -66,11 +77,14 @@ def build_model(settings: TrainSettings, info: DatasetInfo, image_size: int) -> 
                 f"{settings.checkpoint} predicts {config.num_labels} classes but {info.name} has {info.num_labels}: "
                 "pass --reinitialize-heads to train new segmentation heads for the data set's classes"
             )
-        return EoMTForUniversalSegmentation.from_pretrained(
+        model = EoMTForUniversalSegmentation.from_pretrained(
             settings.checkpoint, num_labels=info.num_labels, id2label=dict(info.id2label), label2id=info.label2id,
             reinitialize_heads=True,
         )  # fmt: skip
+        check_finite(model, settings.checkpoint)
+        return model
     model = EoMTForUniversalSegmentation.from_pretrained(settings.checkpoint, reinitialize_heads=settings.reinitialize_heads)
+    check_finite(model, settings.checkpoint)
     names = [model.config.id2label.get(index) for index in range(info.num_labels)]
     if names != [info.id2label[index] for index in range(info.num_labels)]:
         logger.warning("%s names its classes %s, the data set %s; training with the data set's names",
@@ -117,17 +131,19 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
     if settings.resume and last_checkpoint is None:
         raise ValueError(f"--resume: no checkpoint-* folder in {output_dir} to continue from")
     if not settings.resume and last_checkpoint is not None:
-        raise ValueError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, or choose "
-                         "another --out")  # fmt: skip
+        raise ValueError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, or remove them "
+                         "or choose another --out")  # fmt: skip
+    _check_output_dir(settings, output_dir, last_checkpoint)
 
     source = load_source(settings.data, settings.train_split, settings.format, settings.task, **settings.hub_options)
     info = source.info
     image_size = resolve_image_size(settings, info)
-    train_dataset = make_train_dataset(source, input_size=image_size, seed=settings.seed)  # validates first
+    validate = settings.validation
+    train_dataset = make_train_dataset(source, input_size=image_size, seed=settings.seed, validate=validate)
     eval_dataset = None
     if settings.eval_split is not None:
         eval_dataset = make_eval_dataset(settings.data, settings.eval_split, format=settings.format, task=info.task,
-                                         **settings.hub_options)  # fmt: skip
+                                         validate=validate, **settings.hub_options)  # fmt: skip
         _check_same_classes(info, eval_dataset.info)
 
     model = build_model(settings, info, image_size)
@@ -148,15 +164,64 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         ),
         eval_masked_attention=settings.eval_masked_attention,
         postprocess_kwargs=None if settings.eval_threshold is None else {"threshold": settings.eval_threshold},
+        max_nonfinite_steps=settings.max_nonfinite_steps,
     )
-    trainer.train(resume_from_checkpoint=last_checkpoint if settings.resume else None)
-    metrics = trainer.evaluate() if eval_dataset is not None else {}
-    trainer.save_model(str(output_dir))  # model + processor, by the main process
+    if not settings.resume and trainer.is_world_process_zero():
+        write_run_settings(settings, output_dir)
+    return _train_save_evaluate(trainer, output_dir, last_checkpoint if settings.resume else None)
+
+
+def _check_output_dir(settings: TrainSettings, output_dir: Path, last_checkpoint: str | None) -> None:
+    """Refuse to replace a model in `output_dir` without `overwrite`; to resume, check the checkpoint and options."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--out {output_dir}: exists and is not a directory")
+    held = saved_model_files(output_dir)
+    if held and last_checkpoint is None and not settings.overwrite:
+        raise ValueError(f"--out {output_dir}: already holds a model ({', '.join(held)}); pass --overwrite to replace "
+                         "it, or choose another --out")  # fmt: skip
+    if settings.resume:
+        check_resumable(last_checkpoint)
+        check_same_schedule(settings, output_dir, last_checkpoint)
+
+
+def _train_save_evaluate(trainer: EoMTTrainer, output_dir: Path, resume_from: str | None) -> dict[str, Any]:
+    """Train, save the final model, then evaluate it; a `RunError` naming what was kept when one of them fails."""
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as error:
+        raise RunError(f"training stopped at step {trainer.state.global_step}: {user_message(error)}; "
+                       f"{_kept_checkpoint(output_dir)}") from error  # fmt: skip
+    guard = trainer.nonfinite_guard
+    if guard.stopped or not parameters_are_finite(trainer.model):
+        _write_outputs(trainer, output_dir)
+        raise RunError(guard.describe(trainer.state.global_step) if guard.stopped else "the trained weights hold NaN "
+                       f"or infinite values, so the final model was not written; {_kept_checkpoint(output_dir)}")
+    trainer.save_model(str(output_dir))  # model + processor, by the main process; before evaluating: nothing lost
+    metrics = {}
+    if trainer.eval_dataset is not None:
+        try:
+            metrics = trainer.evaluate()
+        except Exception as error:
+            _write_outputs(trainer, output_dir)
+            raise RunError(f"the final evaluation failed ({user_message(error)}); the trained model was written to "
+                           f"{output_dir}") from error  # fmt: skip
+    _write_outputs(trainer, output_dir, metrics)
+    return metrics
+
+
+def _write_outputs(trainer: EoMTTrainer, output_dir: Path, metrics: dict[str, Any] | None = None) -> None:
+    """`metrics.json` (unless `metrics` is None: no final evaluation to report), `log_history.json` and the curves."""
     if trainer.is_world_process_zero():
-        write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class} if metrics else {})
+        if metrics is not None:
+            write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class} if metrics else {})
         write_json(output_dir / "log_history.json", trainer.state.log_history)
         plot_training_curves(trainer.state.log_history, output_dir)
-    return metrics
+
+
+def _kept_checkpoint(output_dir: Path) -> str:
+    """Where a stopped run can continue from."""
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    return f"the last checkpoint is {last} (continue with --resume)" if last else "no checkpoint was saved"
 
 
 def record_provenance(model: EoMTForUniversalSegmentation, settings: TrainSettings, info: DatasetInfo) -> None:
@@ -248,6 +313,7 @@ def evaluate(
             "model trained on this data set's classes"
         )
     model = EoMTForUniversalSegmentation.from_pretrained(model_path)
+    check_finite(model, model_path)
     processor = build_processor(info, config_side(config), model_path)
     output = Path(output) if output is not None else (
         Path(model_path) if Path(model_path).is_dir() else Path.cwd()) / "eval_metrics.json"  # fmt: skip
@@ -266,13 +332,13 @@ def evaluate(
 
 
 def write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(content), indent=2) + "\n")
+    """`content` as JSON (NaN and infinities as null), written atomically."""
+    write_text_atomically(path, json.dumps(_finite(content), indent=2) + "\n")
 
 
 def _finite(value: Any) -> Any:
-    """NaN -> None (JSON has no NaN), recursively."""
-    if isinstance(value, float) and math.isnan(value):
+    """NaN and infinities -> None (JSON has neither), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {key: _finite(item) for key, item in value.items()}

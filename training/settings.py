@@ -32,6 +32,9 @@ class TrainSettings:
     instance post-processing; None: the authors' 0.8 / 0).
     Run: `eval_steps` (None: evaluate at the end only), `save_steps`, `save_total_limit`, `logging_steps`, `resume`
     (continue from the last checkpoint in `output_dir`), `report_to`, `use_cpu`, `progress` (tqdm bars).
+    Safety: `validation` (`"fast"`, `"full"` or `"skip"`: the data check before training, see
+    `training.data.validate_dataset`), `overwrite` (replace a model already in `output_dir`), `max_nonfinite_steps`
+    (stop after this many consecutive steps with a NaN / infinite loss or gradient; each is skipped).
     """
 
     data: str
@@ -78,6 +81,9 @@ class TrainSettings:
     report_to: str = "none"
     use_cpu: bool = False
     progress: bool = True
+    validation: str = "fast"
+    overwrite: bool = False
+    max_nonfinite_steps: int = 5
 
     def __post_init__(self) -> None:
         sources = [name for name in ("size", "backbone", "checkpoint") if getattr(self, name) is not None]

@@ -13,12 +13,14 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
+from modeling_eomt.checkpoints.io import staged_directory
 from modeling_eomt.loss_eomt import MaskClassificationLoss
 
 from .annealing import MaskAnnealingCallback, unwrap_model
 from .data.pipeline import EpochCallback
 from .evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention, is_evaluation_dataset
 from .metrics.distributed import all_reduce_sum, is_distributed
+from .nonfinite import NonFiniteGuard
 from .optim import layer_decay_parameter_groups, two_stage_warmup_poly_schedule
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,11 @@ class EoMTTrainer(Trainer):
         eval_loss: compute `eval_loss` in the streaming evaluation.
         postprocess_kwargs: arguments of the processor's post-processing in the streaming evaluation (defaults:
             `training.evaluation.PANOPTIC_POSTPROCESS` / `INSTANCE_POSTPROCESS`).
+        max_nonfinite_steps: a step whose loss or gradients hold NaN or infinity is skipped with a warning (logged as
+            `nonfinite_steps`); after this many in a row training stops (`nonfinite_guard.stopped`; see
+            `training.nonfinite.NonFiniteGuard`).
+
+    Models and checkpoints are saved atomically: files are written to a temporary folder, then moved into place.
     """
 
     loss_is_scaled_for_ga = False  # the loss is a per-batch mean: `training_step` divides it by the accumulation steps
@@ -125,6 +132,7 @@ class EoMTTrainer(Trainer):
         eval_masked_attention: bool = False,
         eval_loss: bool = True,
         postprocess_kwargs: dict[str, Any] | None = None,
+        max_nonfinite_steps: int = 5,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -161,6 +169,9 @@ class EoMTTrainer(Trainer):
         self._install_epoch_callback(train_dataset)
         self._component_sums: dict[str, Tensor] = {}
         self._component_batches = 0
+        self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps)
+        self.nonfinite_guard.leave_gradients = self.accelerator.scaler is not None
+        self.add_callback(self.nonfinite_guard)
 
     def _install_annealing(self, mask_annealing: bool | MaskAnnealingCallback) -> None:
         """Put the annealing callback first, so that reporting integrations see the probabilities it logs."""
@@ -210,6 +221,7 @@ class EoMTTrainer(Trainer):
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         loss, components, outputs = self.loss_and_outputs(model, inputs)
         if model.training:
+            self.nonfinite_guard.observe_loss(loss)
             for name, value in components.items():
                 self._component_sums[name] = self._component_sums.get(name, 0.0) + value.detach()
             self._component_batches += 1
@@ -223,7 +235,14 @@ class EoMTTrainer(Trainer):
             values = self.accelerator.reduce(values, reduction="mean")
             logs.update({name: value for name, value in zip(names, values.tolist())})
             self._component_sums, self._component_batches = {}, 0
+        if "loss" in logs:
+            self.nonfinite_guard.annotate_log(logs)
         super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`Trainer._save` (model, processor, arguments), atomically: see `staged_directory`."""
+        with staged_directory(self.args.output_dir if output_dir is None else output_dir) as staging:
+            super()._save(str(staging), state_dict)
 
     # ---- streaming evaluation ----
 

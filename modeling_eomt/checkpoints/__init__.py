@@ -30,8 +30,8 @@ from .backbones import (
 )
 from .formats import detect_state_dict_format
 from .geometry import interpolate_position_embeddings, resize_patch_kernel
-from .io import PYTORCH_NAME, load_state_dict_from_directory, load_weight_file, read_config_dict
-from .loading import HEAD_PREFIXES, ModelT, check_loading_info, load_state_dict_with_info
+from .io import PYTORCH_NAME, load_state_dict_from_directory, load_weight_file, read_config_dict, staged_directory
+from .loading import HEAD_PREFIXES, ModelT, check_finite, check_loading_info, load_state_dict_with_info
 from .original import config_from_original_checkpoint, convert_original_checkpoint, state_dict_from_original
 from .transformers_eomt import (
     TRANSFORMERS_EOMT_MODEL_TYPES,
@@ -112,20 +112,24 @@ def convert_checkpoint(
 ) -> ModelT:
     """Convert an EoMT checkpoint in any supported format (see `load_checkpoint`) and write it to `output_dir` with
     its image processor (the source folder's, else the square `image_size` input): `target_format` `"ours"`
-    (`save_pretrained`, safetensors, with the remote code) or `"transformers"` (`save_as_transformers_eomt`)."""
+    (`save_pretrained`, safetensors, with the remote code) or `"transformers"` (`save_as_transformers_eomt`).
+    The files are written atomically: an interrupted conversion leaves what `output_dir` held intact. Weights holding
+    NaN or infinite values are a `ValueError` naming them (nothing is written)."""
     from image_processing.image_processing_eomt import EoMTImageProcessor
 
     if target_format not in ("ours", "transformers"):
         raise ValueError(f"target format {target_format!r} is not 'ours' or 'transformers'")
     model = load_checkpoint(model_class, source, source_format, delta_base, dataset, **overrides)
+    check_finite(model, str(source))
     processor = None
     if (Path(source) / "preprocessor_config.json").is_file():
         processor = EoMTImageProcessor.from_pretrained(source)
-    if target_format == "transformers":
-        save_as_transformers_eomt(model, output_dir, processor)
-    else:
-        model.save_pretrained(output_dir)
-        (processor or EoMTImageProcessor(size=model.config.image_size)).save_pretrained(output_dir)
+    with staged_directory(output_dir) as staging:
+        if target_format == "transformers":
+            save_as_transformers_eomt(model, staging, processor)
+        else:
+            model.save_pretrained(staging)
+            (processor or EoMTImageProcessor(size=model.config.image_size)).save_pretrained(staging)
     return model
 
 

@@ -3,12 +3,19 @@ that names it, except the segmentation heads where they are new (`reinitialize_h
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from .io import check_safetensors_files, read_config_dict
 from .renaming import key_problems
+
+logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)  # the model class a loader builds, taken as an argument
 
@@ -68,3 +75,41 @@ def check_loading_info(model: torch.nn.Module, info: dict[str, Any], source: str
         heads_only = bool(keys) and all(key.startswith(HEAD_PREFIXES) for key in keys)
         hint = " (pass reinitialize_heads=True to fine-tune new heads, e.g. new classes)" if heads_only else ""
         raise ValueError(f"{source}: checkpoint does not match {type(model).__name__}: " + "; ".join(problems) + hint)
+
+
+def check_model_directory(source: str | os.PathLike) -> None:
+    """Before loading a local model directory: a `ValueError` naming its `config.json` when that is not a JSON object,
+    or a truncated or corrupt safetensors file (transformers' errors would not name them)."""
+    if not Path(source).is_dir():
+        return
+    if (Path(source) / "config.json").is_file():
+        read_config_dict(source)
+    check_safetensors_files(source)
+
+
+def nonfinite_tensors(state: Mapping[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors of `state` (a state dict) holding a NaN or an infinity."""
+    return [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def describe_nonfinite(names: list[str], source: str, total: int) -> str:
+    """`source: N of M tensors hold NaN or infinite values: a, b, c, ...` (a diverged training run saves these)."""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{source}: {len(names)} of {total} tensors hold NaN or infinite values ({shown})"
+
+
+def warn_nonfinite(model: torch.nn.Module, source: str) -> list[str]:
+    """Log a warning naming the NaN / infinite tensors of a loaded `model` (its outputs would be NaN); returns them."""
+    state = model.state_dict()
+    names = nonfinite_tensors(state)
+    if names:
+        logger.warning("%s; the model's outputs will not be usable", describe_nonfinite(names, source, len(state)))
+    return names
+
+
+def check_finite(model: torch.nn.Module, source: str) -> None:
+    """A `ValueError` naming the tensors of `model` that hold NaN or infinite values (see `describe_nonfinite`)."""
+    state = model.state_dict()
+    names = nonfinite_tensors(state)
+    if names:
+        raise ValueError(describe_nonfinite(names, source, len(state)) + ": the checkpoint is unusable")

@@ -200,7 +200,10 @@ def load_transformers_eomt(
     device = kwargs.pop("device_map", None)
     attn_implementation = kwargs.pop("attn_implementation", None)
     kwargs.pop("ignore_mismatched_sizes", None)
-    config = kwargs.pop("config", None) or config_from_transformers_eomt(config_dict, **kwargs)
+    try:
+        config = kwargs.pop("config", None) or config_from_transformers_eomt(config_dict, **kwargs)
+    except ValueError as error:  # a field of the wrong type or range
+        raise ValueError(f"{directory / 'config.json'}: {error}") from None
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     state = load_state_dict_from_directory(directory)

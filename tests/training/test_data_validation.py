@@ -70,14 +70,14 @@ def test_annotation_for_an_unknown_image_and_unknown_category(panoptic_root):
         source[1]
 
 
-def test_png_ids_not_in_segments_info_need_decoding(panoptic_root):
-    png = panoptic_root / "annotations" / "panoptic_train2017" / "000000000004.png"
+@pytest.mark.parametrize("decode", [False, True])
+def test_png_ids_not_in_segments_info_are_found_in_every_record(panoptic_root, decode):
+    png = panoptic_root / "annotations" / "panoptic_train2017" / "000000000004.png"  # the last record
     ids = np.zeros((32, 32), np.int64)
     ids[:4, :4] = 123456
     Image.fromarray(id_to_rgb(ids)).save(png)
     source = load_coco_panoptic(panoptic_root, "train")
-    assert validate_dataset(source, progress=False, sample_decodes=0).problems == []  # headers are fine
-    problems, _ = _problems(source, decode=True)
+    problems, _ = _problems(source, decode=decode)  # the headers are fine: the PNG must be read
     assert (
         len(problems) == 1
         and "000000000004.png" in problems[0]
@@ -92,10 +92,10 @@ def test_corrupt_and_truncated_images(panoptic_root):
     truncated = panoptic_root / "train2017" / "000000000003.jpg"
     truncated.write_bytes(truncated.read_bytes()[:-200])  # header intact, pixel data cut
     source = load_coco_panoptic(panoptic_root, "train")
-    problems, _ = _problems(source, sample_decodes=0)
-    assert problems == [f"{corrupt}: not a readable image (image file corrupt or of an unknown format)"]
-    problems, _ = _problems(source, decode=True)
-    assert len(problems) == 2 and str(truncated) in problems[1] and "truncated" in problems[1]
+    for decode in (False, True):
+        problems, _ = _problems(source, decode=decode)
+        assert problems[0] == f"{corrupt}: not a readable image (image file corrupt or of an unknown format)"
+        assert len(problems) == 2 and str(truncated) in problems[1] and "truncated" in problems[1]
 
 
 def test_size_disagreements(panoptic_root):
@@ -154,3 +154,45 @@ def test_images_without_trainable_segments_are_left_out_of_training_with_a_warni
                lambda d: [s.update(iscrowd=1) for s in d["annotations"][0]["segments_info"]])  # fmt: skip
     dataset = make_train_dataset(panoptic_root, "train", input_size=32)
     assert len(dataset) == 3 and "1 of 4 images have no non-crowd segment" in caplog.text
+
+
+def _files_named(problems):
+    return sorted(problem.split(": ")[0] for problem in problems)
+
+
+def test_the_default_pass_finds_everything_the_full_check_finds(tmp_path):
+    """Every kind of broken file, each past the first records: the default pass (images streamed through the decoder)
+    and the full check (`decode=True`) name the same files."""
+    root = write_synthetic_coco_panoptic(tmp_path / "coco", 8, 0, size=32, seed=3)
+    images, pngs = root / "train2017", root / "annotations" / "panoptic_train2017"
+    truncated = images / "000000000004.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    (pngs / "000000000005.png").write_bytes((pngs / "000000000005.png").read_bytes()[:-40])
+    ids = np.zeros((32, 32), np.int64)
+    ids[:4] = 777
+    Image.fromarray(id_to_rgb(ids)).save(pngs / "000000000006.png")
+    garbage = images / "000000000007.jpg"
+    garbage.write_bytes(garbage.read_bytes()[:200] + bytes(range(256)) * 4)  # header intact, entropy data corrupt
+
+    ade = write_synthetic_ade20k(tmp_path / "ade", 6, 0, size=32, seed=3)
+    Image.fromarray(np.full((32, 32), 200, np.uint8)).save(ade / "annotations" / "training" / "ADE_train_00000005.png")
+    for source in (load_coco_panoptic(root, "train"), load_ade20k(ade, "train")):
+        fast = validate_dataset(source, progress=False, raise_on_problems=False)
+        full = validate_dataset(source, decode=True, progress=False, raise_on_problems=False)
+        assert _files_named(fast.problems) == _files_named(full.problems)
+        assert fast.decoded == full.decoded == len(source)
+    assert len(full.problems) == 1 and "[200]" in full.problems[0]
+    coco = validate_dataset(load_coco_panoptic(root, "train"), progress=False, raise_on_problems=False)
+    assert len(coco.problems) == 4 and any("[777]" in problem for problem in coco.problems)
+    assert any(str(truncated) in problem and "truncated" in problem for problem in coco.problems)
+
+
+def test_segments_without_pixels_are_warnings(panoptic_root, caplog):
+    document = json.loads((panoptic_root / "annotations" / "panoptic_train2017.json").read_text())
+    document["annotations"][0]["segments_info"].append({"id": 999999, "category_id": 1, "iscrowd": 0})
+    (panoptic_root / "annotations" / "panoptic_train2017.json").write_text(json.dumps(document))
+    report = validate_dataset(load_coco_panoptic(panoptic_root, "train"), progress=False)
+    assert report.problems == []
+    assert report.warnings == [f"{panoptic_root / 'annotations' / 'panoptic_train2017' / '000000000001.png'}: segments "
+                               "[999999] of segments_info have no pixels in the PNG (left out)"]  # fmt: skip
+    assert "1 record(s) read with notes" in caplog.text

@@ -7,11 +7,17 @@ parser imports no torch; a command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from training.commands import benchmark, convert, demo, evaluate, export, predict, quickstart, train
-from training.commands.arguments import INPUT_ERROR_STATUS, InputError, report_error, user_message
+from training.commands.arguments import (
+    INPUT_ERROR_STATUS,
+    RUN_ERROR_STATUS,
+    InputError,
+    RunError,
+    report_error,
+    user_message,
+)
 
 COMMANDS = (quickstart, demo, convert, train, evaluate, predict, export, benchmark)  # in the order `eomt --help` lists them
 
@@ -27,20 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command. A bad option or input the command checked (`InputError`) prints `eomt COMMAND: error: ...`
-    and returns 2; other errors about the input (bad data, files, settings) print `error: ...` and return 1."""
+    """Run the command; its exit status. Errors print one line, `eomt COMMAND: error: ...` (`--debug`: the traceback):
+    a bad option (argparse), model, data set, file or setting (`InputError`, `ValueError`, `OSError`, `SampleError`)
+    returns 2, nothing done; a run that stopped part-way (`RunError`) returns 3, with what was kept in the message."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except InputError as error:
+    except RunError as error:
         if args.debug:
             raise
         report_error(args.command, str(error))
-        return INPUT_ERROR_STATUS
+        return RUN_ERROR_STATUS
     except Exception as error:
         from training.data.base import SampleError
 
-        if args.debug or not isinstance(error, (ValueError, OSError, SampleError)):
+        if args.debug or not isinstance(error, (InputError, ValueError, OSError, SampleError)):
             raise
-        print(f"error: {user_message(error)}", file=sys.stderr)
-        return 1
+        report_error(args.command, user_message(error))
+        return INPUT_ERROR_STATUS

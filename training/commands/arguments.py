@@ -15,11 +15,20 @@ if TYPE_CHECKING:
     import torch
 
 INPUT_ERROR_STATUS = 2
-"""Exit status of a command stopped by an `InputError` (a bad input or option; nothing was done)."""
+"""Exit status of a command stopped by a bad input or option (`InputError`, or a `ValueError` / `OSError` about the
+model, data or files): reported in one line; nothing was done, nothing was lost."""
+RUN_ERROR_STATUS = 3
+"""Exit status of a command that did part of its work (`RunError`): what it finished is kept and the message says
+where (1 stays Python's status for a crash)."""
 
 
 class InputError(Exception):
     """A problem with what the user asked for (model, device, options): reported in one line, exit status 2."""
+
+
+class RunError(Exception):
+    """A run that stopped part-way (training diverged, a file broke mid-run, the final evaluation failed): reported in
+    one line naming what was kept (checkpoints, the final model), exit status 3."""
 
 
 def report_error(command: str, message: str) -> None:
@@ -40,6 +49,34 @@ def user_message(error: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # Argument groups and value parsers
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _number(kind: type, low: float, inclusive: bool = True, high: float | None = None):
+    """An argparse `type` reading a `kind` (int or float) in the range `[low, high]` (`(low, high]` unless
+    `inclusive`); anything else is an argparse error naming the option (exit status 2)."""
+    bounds = f">= {low}" if inclusive else f"> {low}"
+    if high is not None:
+        bounds = f"in [{low}, {high}]" if inclusive else f"in ({low}, {high}]"
+    expected = f"{'an integer' if kind is int else 'a number'} {bounds}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value != value or value < low or (value == low and not inclusive) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bounds}"  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+positive_float = _number(float, 0.0, inclusive=False)
+non_negative_float = _number(float, 0.0)
+probability = _number(float, 0.0, high=1.0)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +131,9 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:
     """The options of `modeling_eomt.checkpoints.load_checkpoint`: head count and input size of the authors' original
     checkpoints (help prefixed with `original_only`), class names, the base of DINOv3 delta weights."""
-    parser.add_argument("--num-heads", type=int,
+    parser.add_argument("--num-heads", type=positive_int,
                         help=f"{original_only}attention heads (default: width / 64, as in DINOv2/DINOv3)")  # fmt: skip
-    parser.add_argument("--image-size", type=int,
+    parser.add_argument("--image-size", type=positive_int,
                         help=f"{original_only}input size (default: the stored grid; 640 for DINOv3)")  # fmt: skip
     parser.add_argument("--dataset", choices=("coco_panoptic", "coco_instance", "ade20k", "cityscapes"), help="class names")
     parser.add_argument("--delta-base", help="the DINOv3 checkpoint the authors' DINOv3 (delta) weights add to")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from training.commands.arguments import add_conversion_arguments, conversion_overrides
+from training.commands.arguments import InputError, add_conversion_arguments, conversion_overrides
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -13,14 +14,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="output directory")
     parser.add_argument("--from", dest="source_format", default="auto", choices=("auto", "original", "transformers", "ours"))
     parser.add_argument("--to", dest="target_format", default="ours", choices=("ours", "transformers"))
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in the output directory")
     add_conversion_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def check_output_directory(output: str | Path, overwrite: bool, option: str) -> None:
+    """An `InputError` when `output` is a file, or holds a model (a `config.json` or weights) and not `overwrite`."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{option} {output}: exists and is not a directory")
+    held = sorted(path.name for path in output.glob("*") if path.name == "config.json" or path.suffix in
+                  (".safetensors", ".bin")) if output.is_dir() else []  # fmt: skip
+    if held and not overwrite:
+        raise InputError(f"{option} {output}: already holds a model ({', '.join(held[:3])}); pass --overwrite to "
+                         "replace it, or choose another directory")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     from modeling_eomt import EoMTForUniversalSegmentation
     from modeling_eomt.checkpoints import convert_checkpoint
 
+    check_output_directory(args.output, args.overwrite, "output")
     model = convert_checkpoint(
         EoMTForUniversalSegmentation, args.source, args.output, args.source_format, args.target_format,
         args.delta_base, args.dataset, **conversion_overrides(args),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.commands.arguments import non_negative_int, positive_int
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -13,9 +15,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output directory")
     parser.add_argument("--ablation", action="store_true",
                         help="train three variants (masked attention kept, mask annealing, none) and compare them")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the augmentation")
-    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
-    parser.add_argument("--image-size", type=int, help="side of the generated images, a multiple of 16")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the data, the initialisation and the augmentation")  # fmt: skip
+    parser.add_argument("--steps", type=positive_int, help="training steps (default: the recipe's)")
+    parser.add_argument("--image-size", type=positive_int, help="side of the generated images, a multiple of 16")
     parser.add_argument("--quick", action="store_true", help="a run of seconds with a tiny model (for tests)")
     parser.set_defaults(run=run)
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from training.commands.arguments import add_data_arguments, data_options, is_main_process, print_metrics
+from training.commands.arguments import (
+    add_data_arguments,
+    data_options,
+    is_main_process,
+    non_negative_int,
+    positive_int,
+    print_metrics,
+    probability,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -13,11 +21,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="EoMT checkpoint folder or Hub id")
     add_data_arguments(parser)
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch and process (default: 8)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading worker processes (default: 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per batch and process (default: 8)")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default: 2)")
     parser.add_argument("--masked-attention", action="store_true", help="run with masked attention in every block")
-    parser.add_argument("--threshold", type=float, help="class-score threshold of panoptic/instance post-processing "
-                        "(default: the authors' 0.8 / 0)")  # fmt: skip
+    parser.add_argument("--threshold", type=probability, help="class-score threshold of panoptic/instance "
+                        "post-processing (default: the authors' 0.8 / 0)")  # fmt: skip
     parser.add_argument("--output", help="metrics JSON (default: MODEL/eval_metrics.json for a local MODEL)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from training.commands.arguments import non_negative_int, positive_int
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("quickstart", help="segment a generated image with a small random EoMT (no download)")
     parser.add_argument("--out", default="outputs/quickstart", help="output directory")
-    parser.add_argument("--image-size", type=int, default=128, help="side of the generated image (multiple of 16)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=positive_int, default=128,
+                        help="side of the generated image (multiple of 16)")  # fmt: skip
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.set_defaults(run=run)
 
 

@@ -6,7 +6,18 @@ import argparse
 import dataclasses
 from typing import Any
 
-from training.commands.arguments import add_data_arguments, data_options, is_main_process, key_value, print_metrics
+from training.commands.arguments import (
+    add_data_arguments,
+    data_options,
+    is_main_process,
+    key_value,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    print_metrics,
+    probability,
+)
 from training.settings import TrainSettings
 
 
@@ -32,38 +43,52 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--reinitialize-heads", action="store_true", help="new heads for a --checkpoint (other classes)")
     train.add_argument("--model-config", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="EoMTConfig field of a new model, e.g. hidden_size=64 (repeatable)")  # fmt: skip
-    option("--image-size", dest="image_size", type=int, help="input side (default: checkpoint's, 640, 512 semantic)")
-    option("--num-queries", dest="num_queries", type=int, help="queries of a new model (200, 100 for semantic)")
-    option("--num-blocks", dest="num_blocks", type=int, help="masked-attention blocks of a new model (4)")
+    option("--image-size", dest="image_size", type=positive_int,
+           help="input side (default: checkpoint's, 640, 512 semantic)")  # fmt: skip
+    option("--num-queries", dest="num_queries", type=positive_int, help="queries of a new model (200, 100 semantic)")
+    option("--num-blocks", dest="num_blocks", type=positive_int, help="masked-attention blocks of a new model (4)")
 
-    option("--lr", dest="learning_rate", type=float, help="peak learning rate")
-    option("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay")
-    option("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay")
-    option("--max-grad-norm", dest="max_grad_norm", type=float, help="gradient clipping norm")
-    option("--batch-size", dest="batch_size", type=int, help="training batch size per process")
-    option("--eval-batch-size", dest="eval_batch_size", type=int, help="evaluation batch size per process (= batch size)")
-    option("--steps", dest="max_steps", type=int, help="optimizer steps (overrides --epochs)")
-    option("--epochs", dest="epochs", type=float, help="training epochs")
-    option("--head-warmup-steps", dest="head_warmup_steps", type=int, help="warm-up of the new parameters")
-    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=int, help="warm-up of the backbone after it")
-    option("--poly-power", dest="poly_power", type=float, help="power of the polynomial lr decay")
-    option("--annealing-power", dest="annealing_power", type=float, help="power of the mask-annealing decay")
-    option("--annealing-start-steps", dest="annealing_start_steps", type=int, nargs="+", help="per-block start steps "
-           "(default: the paper's schedule over the run)")  # fmt: skip
-    option("--annealing-end-steps", dest="annealing_end_steps", type=int, nargs="+", help="per-block end steps")
-    option("--grad-accum", dest="gradient_accumulation_steps", type=int, help="gradient accumulation steps")
+    option("--lr", dest="learning_rate", type=positive_float, help="peak learning rate")
+    option("--layer-decay", dest="layer_decay", type=positive_float, help="layer-wise lr decay")
+    option("--weight-decay", dest="weight_decay", type=non_negative_float, help="AdamW weight decay")
+    option("--max-grad-norm", dest="max_grad_norm", type=non_negative_float, help="gradient clipping norm (0: none)")
+    option("--batch-size", dest="batch_size", type=positive_int, help="training batch size per process")
+    option("--eval-batch-size", dest="eval_batch_size", type=positive_int,
+           help="evaluation batch size per process (= batch size)")  # fmt: skip
+    option("--steps", dest="max_steps", type=positive_int, help="optimizer steps (overrides --epochs)")
+    option("--epochs", dest="epochs", type=positive_float, help="training epochs")
+    option("--head-warmup-steps", dest="head_warmup_steps", type=non_negative_int, help="warm-up of the new parameters")
+    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=non_negative_int,
+           help="warm-up of the backbone after it")  # fmt: skip
+    option("--poly-power", dest="poly_power", type=non_negative_float, help="power of the polynomial lr decay")
+    option("--annealing-power", dest="annealing_power", type=non_negative_float, help="power of the annealing decay")
+    option("--annealing-start-steps", dest="annealing_start_steps", type=non_negative_int, nargs="+",
+           help="per-block start steps (default: the paper's schedule over the run)")  # fmt: skip
+    option("--annealing-end-steps", dest="annealing_end_steps", type=non_negative_int, nargs="+",
+           help="per-block end steps")  # fmt: skip
+    option("--grad-accum", dest="gradient_accumulation_steps", type=positive_int, help="gradient accumulation steps")
     train.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
-    option("--workers", dest="workers", type=int, help="data loading worker processes")
-    option("--seed", dest="seed", type=int, help="random seed (weights, augmentation, data order)")
-    option("--eval-steps", dest="eval_steps", type=int, help="evaluate every N steps (default: at the end only)")
-    option("--save-steps", dest="save_steps", type=int, help="checkpoint every N steps")
-    option("--save-total-limit", dest="save_total_limit", type=int, help="checkpoints kept")
-    option("--logging-steps", dest="logging_steps", type=int, help="log every N steps")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    option("--workers", dest="workers", type=non_negative_int, help="data loading worker processes")
+    option("--seed", dest="seed", type=non_negative_int, help="random seed (weights, augmentation, data order)")
+    option("--eval-steps", dest="eval_steps", type=positive_int, help="evaluate every N steps (default: at the end)")
+    option("--save-steps", dest="save_steps", type=positive_int, help="checkpoint every N steps")
+    option("--save-total-limit", dest="save_total_limit", type=positive_int, help="checkpoints kept")
+    option("--logging-steps", dest="logging_steps", type=positive_int, help="log every N steps")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (its schedule "
+                       "options must match)")  # fmt: skip
+    train.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    checks = train.add_mutually_exclusive_group()
+    checks.add_argument("--skip-validation", dest="validation", action="store_const", const="skip",
+                        default=defaults["validation"], help="do not check the data set before training")  # fmt: skip
+    checks.add_argument("--full-validation", dest="validation", action="store_const", const="full",
+                        default=defaults["validation"], help="check the data set by decoding every record as "
+                        "training does (slower)")  # fmt: skip
+    option("--max-nonfinite-steps", dest="max_nonfinite_steps", type=positive_int, help="stop after this many "
+           "consecutive steps with a NaN or infinite loss or gradient (each is skipped)")  # fmt: skip
     train.add_argument("--eval-masked-attention", action="store_true", help="evaluate with masked attention")
-    option("--eval-threshold", dest="eval_threshold", type=float, help="class-score threshold of panoptic/instance "
-           "evaluation (default: the authors' 0.8 / 0)")  # fmt: skip
+    option("--eval-threshold", dest="eval_threshold", type=probability, help="class-score threshold of "
+           "panoptic/instance evaluation (default: the authors' 0.8 / 0)")  # fmt: skip
     option("--report-to", dest="report_to", help="Trainer integrations (tensorboard, wandb, ...)")
     train.add_argument("--cpu", dest="use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -77,12 +77,14 @@ class DatasetInfo:
 @dataclass
 class Sample:
     """One decoded example: `image` `(H, W, 3)` uint8 and its `target` at the same resolution (contiguous labels,
-    crowd segments kept); `image_id` and `file_name` identify it in results and messages."""
+    crowd segments kept); `image_id` and `file_name` identify it in results and messages; `notes` say what the reader
+    noticed without it being an error (reported by the validation pass)."""
 
     image: np.ndarray
     target: MaskTarget
     image_id: int | str
     file_name: str
+    notes: list[str] = field(default_factory=list)
 
 
 class SampleError(RuntimeError):
@@ -104,6 +106,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
     applied, as annotations refer to the stored pixels)."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def stream_rgb(path: str | Path) -> np.ndarray:
+    """What `read_rgb` would find wrong with an image file, at a fraction of its cost: every byte of the file goes
+    through the decoder (JPEGs at 1/8 scale, which reads all their compressed data), and a read-only blank
+    `(H, W, 3)` uint8 array of the image's size stands in for the pixels."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if image.format == "JPEG":
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+        image.convert("RGB")
+    return np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (height, width, 3))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -128,6 +143,7 @@ class SegmentationSource(torch.utils.data.Dataset):
     found while loading them) and `warnings` (what was left out, e.g. images without annotation)."""
 
     file_columns: ClassVar[tuple[str, ...]] = ()  # the record columns `files` reads
+    streams_images: ClassVar[bool] = False  # `read_image` only streams images through the decoder (`verifying`)
 
     records: datasets.Dataset
     info: DatasetInfo
@@ -152,6 +168,18 @@ class SegmentationSource(torch.utils.data.Dataset):
 
     def decode(self, record: dict[str, Any]) -> Sample:
         raise NotImplementedError
+
+    def read_image(self, path: str | Path) -> np.ndarray:
+        """The image file at `path` as `(H, W, 3)` uint8 (`read_rgb`); a blank stand-in after checking the file
+        (`stream_rgb`) in the copy `verifying` returns."""
+        return stream_rgb(path) if self.streams_images else read_rgb(path)
+
+    def verifying(self) -> SegmentationSource:
+        """A copy of this source for the validation pass: records read as `source[i]` reads them, images only streamed
+        through the decoder (`read_image`); label maps, annotations and targets as in training."""
+        verifier = copy.copy(self)
+        verifier.streams_images = True
+        return verifier
 
     def files(self, record: dict[str, Any]) -> list[FileCheck]:
         """The files of one record, for the validation pass."""

@@ -88,6 +88,21 @@ def contiguous_categories(
     return category_to_label, id2label, thing_ids
 
 
+def _images_by_id(images: list[dict], source: Path) -> tuple[dict[Any, dict], list[str], set]:
+    """The JSON's `images` by id, the problems of ids used by more than one image (their annotations cannot be told
+    apart), and those ids."""
+    by_id: dict[Any, list[dict]] = {}
+    for image in images:
+        by_id.setdefault(image.get("id"), []).append(image)
+    shared = {image_id: same for image_id, same in by_id.items() if len(same) > 1}
+    problems = []
+    for image_id, same in shared.items():
+        names = ", ".join(str(image.get("file_name")) for image in same[:3])
+        problems.append(f"{source}: {len(same)} entries of 'images' have the id {image_id!r} ({names}); image ids "
+                        "must be unique")  # fmt: skip
+    return {image_id: same[0] for image_id, same in by_id.items()}, problems, set(shared)
+
+
 def _image_id_column(values: list[Any]) -> tuple[list[Any], datasets.Value]:
     """Image ids and their column type: integers stay integers, anything else becomes a string."""
     if all(isinstance(v, int) for v in values):
@@ -107,13 +122,17 @@ class CocoPanopticSource(SegmentationSource):
     def decode(self, record: dict[str, Any]) -> Sample:
         if not record["image_file"]:
             raise ValueError(f"annotation for image_id {record['image_id']} has no entry in the JSON's 'images'")
-        image = read_rgb(record["image_file"])
+        image = self.read_image(record["image_file"])
         segment_ids = rgb_to_id(read_rgb(record["annotation_file"]))
         check_same_size(image, segment_ids, record["annotation_file"])
+        absent: list[int] = []
         target = panoptic_target(
-            segment_ids, record["segments"], self.category_to_label, source=record["annotation_file"]
+            segment_ids, record["segments"], self.category_to_label, source=record["annotation_file"], absent=absent
         )
-        return Sample(image, target, record["image_id"], record["image_file"])
+        # Kept (they have no pixels to learn or score), but reported: panopticapi counts them as missed segments.
+        notes = [f"{record['annotation_file']}: segments {absent[:10]} of segments_info have no pixels in the PNG "
+                 "(left out)"] if absent else []  # fmt: skip
+        return Sample(image, target, record["image_id"], record["image_file"], notes)
 
     def files(self, record: dict[str, Any]) -> list[FileCheck]:
         size = (record["height"], record["width"]) if record["height"] > 0 else None
@@ -151,16 +170,16 @@ def load_coco_panoptic(
     category_to_label, id2label, thing_ids = contiguous_categories(
         document["categories"], annotation_file, need_isthing=True
     )
-    images = {image.get("id"): image for image in document["images"]}
+    images, problems, shared_ids = _images_by_id(document["images"], annotation_file)
 
     columns: dict[str, list] = {
         k: [] for k in ("image_id", "image_file", "annotation_file", "height", "width", "segments")
     }
-    problems, annotated = [], Counter()
+    annotated: dict[Any, list[str]] = {}
     for position, annotation in enumerate(document["annotations"]):
         png = panoptic_dir / str(annotation.get("file_name", f"<annotation {position} without file_name>"))
         image = images.get(annotation.get("image_id"))
-        annotated[annotation.get("image_id")] += 1
+        annotated.setdefault(annotation.get("image_id"), []).append(png.name)
         if image is None:
             problems.append(
                 f"{annotation_file}: annotation {position} ({png.name}) has image_id "
@@ -192,7 +211,11 @@ def load_coco_panoptic(
         columns["height"].append(int(image.get("height", -1)) if image else -1)
         columns["width"].append(int(image.get("width", -1)) if image else -1)
         columns["segments"].append(segments)
-    problems += [f"{annotation_file}: image_id {i!r} has {n} annotations" for i, n in annotated.items() if n > 1]
+    problems += [
+        f"{annotation_file}: image_id {i!r} has {len(pngs)} annotations ({', '.join(pngs[:3])}); one per image"
+        for i, pngs in annotated.items()
+        if len(pngs) > 1 and i not in shared_ids  # shared ids are reported above
+    ]
     unannotated = [image.get("file_name") for image_id, image in images.items() if image_id not in annotated]
     left_out = []
     if unannotated:
@@ -242,7 +265,7 @@ class CocoInstanceSource(SegmentationSource):
     category_to_label: dict[int, int]
 
     def decode(self, record: dict[str, Any]) -> Sample:
-        image = read_rgb(record["image_file"])
+        image = self.read_image(record["image_file"])
         height, width = record["height"], record["width"]
         if (height, width) != tuple(image.shape[:2]):
             raise ValueError(f"the JSON says {height}x{width} but the image is {image.shape[0]}x{image.shape[1]}")
@@ -289,9 +312,8 @@ def load_coco_instance(
     )
     document = _load_json(annotation_file)
     category_to_label, id2label, _ = contiguous_categories(document["categories"], annotation_file, need_isthing=False)
-    images = {image.get("id"): image for image in document["images"]}
+    images, problems, _ = _images_by_id(document["images"], annotation_file)
 
-    problems = []
     by_image: dict[Any, list[dict]] = {image_id: [] for image_id in images}
     for position, annotation in enumerate(document["annotations"]):
         name = f"{annotation_file}: annotation {annotation.get('id', f'at position {position}')}"

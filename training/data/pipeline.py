@@ -227,6 +227,8 @@ def load_source(
     """A source for `split` of the data set at `root`, its layout detected unless `format` is given. For a
     `save_to_disk` folder (`"hf_disk"`) or a data set by name (`"hub"`, `root` a `datasets.load_dataset` name or
     folder), `hub_kwargs` go to `hub.load_hub_source` (column names, `id2label`, ...)."""
+    if format != "hub" and not Path(root).is_dir():  # a data set by name need not be a folder
+        raise FileNotFoundError(f"{root}: no such data set folder")
     format = format or detect_format(root, task)
     if format == "coco_panoptic":
         return load_coco_panoptic(root, split)
@@ -247,15 +249,21 @@ def _is_stream(source: SegmentationSource) -> bool:
     return isinstance(source.records, datasets.IterableDataset)
 
 
+VALIDATION_MODES = ("fast", "full", "skip")
+
+
 def _as_source(
-    data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None, validate: bool,
-    **hub_kwargs: Any,
-) -> SegmentationSource:
+    data: SegmentationSource | str | os.PathLike, split: str, format: str | None, task: str | None,
+    validate: bool | str, **hub_kwargs: Any,
+) -> SegmentationSource:  # fmt: skip
+    mode = {True: "fast", False: "skip"}.get(validate, validate)
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"validate must be True, False or one of {VALIDATION_MODES}, got {validate!r}")
     source = data if isinstance(data, SegmentationSource) else load_source(data, split, format, task, **hub_kwargs)
-    if validate and not _is_stream(source):  # a stream is checked as it is read
+    if mode != "skip" and not _is_stream(source):  # a stream is checked as it is read
         from .validation import validate_dataset
 
-        validate_dataset(source)
+        validate_dataset(source, decode=mode == "full")
     return source
 
 
@@ -268,11 +276,12 @@ def make_train_dataset(
     augmentation: AugmentationConfig | None = None,
     format: str | None = None,
     task: str | None = None,
-    validate: bool = True,
+    validate: bool | str = True,
 ) -> TrainDataset | StreamingDataset:
     """The training data set of a source or a data set folder (a `StreamingDataset` for a streamed source).
-    `augmentation` defaults to the authors' recipe for the task (`recipe_augmentation`); `validate` runs the fast
-    validation pass first (raises on problems)."""
+    `augmentation` defaults to the authors' recipe for the task (`recipe_augmentation`); `validate` runs the
+    validation pass first and raises on problems (True or `"fast"`: `validate_dataset`; `"full"`: with
+    `decode=True`; False or `"skip"`: none)."""
     source = _as_source(data, split, format, task, validate)
     augmentation = augmentation or recipe_augmentation(source.info.task, input_size)
     if _is_stream(source):
@@ -286,7 +295,7 @@ def make_eval_dataset(
     *,
     format: str | None = None,
     task: str | None = None,
-    validate: bool = True,
+    validate: bool | str = True,
     **hub_kwargs: Any,
 ) -> EvalDataset | StreamingDataset:
     """The evaluation data set of a source or a data set folder (see `make_train_dataset`; `hub_kwargs` as in

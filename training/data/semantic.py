@@ -19,7 +19,7 @@ import numpy as np
 from image_processing.targets import semantic_target
 from modeling_eomt.labels import ADE20K_CLASSES, CITYSCAPES_CLASSES
 
-from .base import DatasetInfo, FileCheck, Sample, SegmentationSource, check_same_size, read_label_png, read_rgb
+from .base import DatasetInfo, FileCheck, Sample, SegmentationSource, check_same_size, read_label_png
 
 # Cityscapes label ids (the `*_gtFine_labelIds.png` values 0..33) -> the 19 train ids evaluated; all others ignored.
 CITYSCAPES_LABEL_TO_TRAIN_ID = {
@@ -48,7 +48,7 @@ class SemanticSource(SegmentationSource):
     lookup: np.ndarray
 
     def decode(self, record: dict[str, Any]) -> Sample:
-        image = read_rgb(record["image_file"])
+        image = self.read_image(record["image_file"])
         raw = read_label_png(record["annotation_file"]).astype(np.int64)
         check_same_size(image, raw, record["annotation_file"])
         values = np.unique(raw)

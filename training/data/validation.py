@@ -1,15 +1,22 @@
 """The validation pass run before training: every problem of a data set, each naming its file, in one error.
 
-Fast by default: the problems found while reading the annotation files (unknown images or categories, repeated
-segment ids), then for every record that its files exist, open as images (header only), and have the size the
-annotations give (or else the size of the record's other files); the first `sample_decodes` records are also fully
-decoded. With `decode=True` every record is decoded as training would (catches corrupt pixel data and PNG segment
-ids missing from `segments_info`). A record whose files failed these checks is not decoded, so each broken file is
-reported once.
+Every record is checked, in parallel threads (decoders release the GIL):
+1. the problems found while reading the annotation files (unknown images or categories, repeated ids);
+2. its files exist, open as images (header only) and have the size the annotations give (or else the size of the
+   record's other files);
+3. it is read as training reads it (`source[i]`: label maps decoded, segment ids, classes and label values checked,
+   targets built), except that its images are only streamed through the decoder, JPEGs at 1/8 scale, which still
+   reads every byte of their compressed data (`SegmentationSource.verifying`). This finds everything the full check
+   finds (a truncated or corrupt file anywhere, PNG segment ids missing from `segments_info`, label values out of
+   range) at less cost; `decode=True` is the full check (images decoded at full size; docs/benchmarks: data-loading).
+A record whose files failed step 2 is not read in step 3, so each broken file is reported once. What the readers
+leave out or notice without it being an error (images without annotation, segments listed without pixels) is
+returned as `warnings`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +28,15 @@ from tqdm.auto import tqdm
 
 from .base import SampleError, SegmentationSource
 
+logger = logging.getLogger(__name__)
+
+MAX_WARNINGS = 20  # warnings listed individually; the rest are counted
+
+
 @dataclass
 class ValidationReport:
     """What `validate_dataset` found: `problems` (each "file: what is wrong") and `warnings` (what the reader left
-    out, already logged when it read the annotations)."""
+    out or noticed, e.g. segments listed without pixels)."""
 
     name: str
     num_records: int
@@ -36,7 +48,7 @@ class ValidationReport:
 
     def summary(self, max_reported: int = 20) -> str:
         head = (f"{self.name}: {len(self.problems)} problem(s) in {self.num_records} records "
-                f"({self.num_files} files checked, {self.decoded} records decoded, {self.seconds:.1f} s)")  # fmt: skip
+                f"({self.num_files} files checked, {self.decoded} records read, {self.seconds:.1f} s)")  # fmt: skip
         lines = [f"  - {problem}" for problem in self.problems[:max_reported]]
         if len(self.problems) > max_reported:
             lines.append(f"  ... and {len(self.problems) - max_reported} more")
@@ -60,11 +72,11 @@ def _image_size(path: str, role: str) -> tuple[tuple[int, int] | None, str | Non
             return (image.height, image.width), None
     except UnidentifiedImageError:
         return None, f"{path}: not a readable image ({role} file corrupt or of an unknown format)"
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         return None, f"{path}: cannot read {role} file ({error})"
 
 
-def _check_record(source: SegmentationSource, record: dict[str, Any]) -> list[str]:
+def _check_files(source: SegmentationSource, record: dict[str, Any]) -> list[str]:
     """Existence, header and size agreement of one record's files."""
     problems, sizes = [], []
     for check in source.files(record):
@@ -85,33 +97,34 @@ def _check_record(source: SegmentationSource, record: dict[str, Any]) -> list[st
     return problems
 
 
-def _decode_record(source: SegmentationSource, index: int) -> list[str]:
+def _read_record(source: SegmentationSource, index: int) -> tuple[list[str], list[str]]:
+    """`(problems, warnings)` of reading record `index` as training does."""
     try:
-        source[index]
+        sample = source[index]
     except SampleError as error:
-        return [str(error)]
-    return []
+        return [str(error)], []
+    return [], list(sample.notes)
 
 
 def validate_dataset(
     source: SegmentationSource,
     *,
     decode: bool = False,
-    sample_decodes: int = 2,
     max_reported: int = 20,
     num_threads: int = 8,
     progress: bool = True,
     raise_on_problems: bool = True,
 ) -> ValidationReport:
-    """Check `source` (see the module docstring); raise `DatasetValidationError` listing the first `max_reported`
-    problems and their count (or, with `raise_on_problems=False`, return them in the report)."""
+    """Check every record of `source` (see the module docstring; `decode=True`: decode images at full size); raise
+    `DatasetValidationError` listing the first `max_reported` problems and their count (or, with
+    `raise_on_problems=False`, return them in the report)."""
     start = time.perf_counter()
     problems = list(source.annotation_problems)
     num_records = len(source)
-    to_decode = range(num_records) if decode else range(min(sample_decodes, num_records))
+    reader = source if decode else source.verifying()
     columns = [c for c in source.file_columns if c in source.records.column_names]
     with ThreadPoolExecutor(max(1, num_threads)) as pool, tqdm(
-        total=num_records * bool(columns) + len(to_decode), desc=f"validating {source.info.name}", unit="rec",
+        total=num_records * (1 + bool(columns)), desc=f"validating {source.info.name}", unit="rec",
         disable=not progress or num_records < 1000,
     ) as bar:  # fmt: skip
         num_files, unreadable = 0, set()
@@ -121,17 +134,24 @@ def validate_dataset(
             ):
                 records = [dict(zip(batch, values)) for values in zip(*batch.values())]
                 num_files += sum(len(source.files(record)) for record in records)
-                for index, found in enumerate(pool.map(lambda record: _check_record(source, record), records), offset):
+                for index, found in enumerate(pool.map(lambda record: _check_files(source, record), records), offset):
                     problems += found
                     unreadable.update([index] if found else [])
                 bar.update(len(records))
-        decoded = [index for index in to_decode if index not in unreadable]
-        bar.total -= len(to_decode) - len(decoded)
-        for found in pool.map(lambda index: _decode_record(source, index), decoded):
+        to_read = [index for index in range(num_records) if index not in unreadable]
+        bar.total -= num_records - len(to_read)
+        notes: list[str] = []
+        for found, noticed in pool.map(lambda index: _read_record(reader, index), to_read):
             problems += found
+            notes += noticed
             bar.update()
-    report = ValidationReport(source.info.name, num_records, num_files, len(decoded), problems, list(source.warnings),
+    warnings = list(source.warnings) + notes[:MAX_WARNINGS]
+    if len(notes) > MAX_WARNINGS:
+        warnings.append(f"... and {len(notes) - MAX_WARNINGS} more records with the same kind of notes")
+    report = ValidationReport(source.info.name, num_records, num_files, len(to_read), problems, warnings,
                               time.perf_counter() - start)  # fmt: skip
+    if notes:
+        logger.warning("%s: %d record(s) read with notes, e.g. %s", source.info.name, len(notes), notes[0])
     if problems and raise_on_problems:
         raise DatasetValidationError(report, max_reported)
     return report

@@ -55,3 +55,49 @@ def test_hub_download_arguments_are_one_set():
     assert kwargs["num_labels"] == 3 and len(kwargs) == 4  # only read
     hub_download_kwargs(kwargs, pop=True)
     assert kwargs == {"num_labels": 3}
+
+
+# ---- atomic writes ----
+
+
+def test_an_interrupted_save_leaves_the_previous_model_intact(tmp_path):
+    from modeling_eomt.checkpoints.io import staged_directory
+
+    folder = tmp_path / "model"
+    source_model("dinov2-registers").save_pretrained(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    with pytest.raises(RuntimeError, match="disk full"):
+        with staged_directory(folder) as staging:
+            (staging / "model.safetensors").write_bytes(b"half a file")
+            raise RuntimeError("disk full")
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no staging folder left behind
+
+
+def test_a_staged_save_replaces_the_model_and_its_stale_shards(tmp_path):
+    from modeling_eomt.checkpoints.io import staged_directory
+
+    folder = tmp_path / "model"
+    model = source_model("dinov2-registers")
+    model.save_pretrained(folder, max_shard_size="20KB")  # sharded: an index and several files
+    (folder / "notes.txt").write_text("mine")
+    assert (folder / "model.safetensors.index.json").is_file()
+    with staged_directory(folder) as staging:
+        model.save_pretrained(staging)  # one file
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    reloaded = EoMTForUniversalSegmentation.from_pretrained(folder)
+    assert all(torch.equal(reloaded.state_dict()[key], value) for key, value in model.state_dict().items())
+
+
+def test_atomic_path_replaces_a_file_in_one_step(tmp_path):
+    from modeling_eomt.checkpoints.io import atomic_path, write_text_atomically
+
+    path = tmp_path / "metrics.json"
+    write_text_atomically(path, "old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as partial:
+            partial.write_text("ne")
+            raise KeyboardInterrupt
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    write_text_atomically(path, "new")
+    assert path.read_text() == "new"

@@ -15,11 +15,12 @@ def run_cli(*argv) -> int:
     return main([str(arg) for arg in argv])
 
 
-def assert_error(capsys, *argv, expected: str) -> str:
-    """`eomt *argv` fails with exit status 1 and one `error: ...` line on stderr containing `expected`, no traceback."""
+def assert_error(capsys, *argv, expected: str, status: int = 2) -> str:
+    """`eomt *argv` fails with exit status `status` (2: bad input, nothing done; 3: stopped part-way) and one
+    `eomt COMMAND: error: ...` line on stderr containing `expected`, no traceback."""
     capsys.readouterr()  # what came before
-    assert run_cli(*argv) == 1
+    assert run_cli(*argv) == status
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: ") and expected in captured.err, captured.err
+    assert captured.err.startswith(f"eomt {argv[0]}: error: ") and expected in captured.err, captured.err
     assert "Traceback" not in captured.err + captured.out
     return captured.err

@@ -44,8 +44,9 @@ def test_cli_original_directory_and_bad_source(tmp_path, capsys):
     assert EoMTForUniversalSegmentation.from_pretrained(tmp_path / "out").config.image_size == 512
     (tmp_path / "empty").mkdir()
     capsys.readouterr()
-    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")]) == 1  # one line, no traceback
-    assert re.match(r"error: .*empty: neither a config\.json nor a pytorch_model\.bin", capsys.readouterr().err)
+    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")]) == 2  # one line, no traceback
+    assert re.match(r"eomt convert: error: .*empty: neither a config\.json nor a pytorch_model\.bin",
+                    capsys.readouterr().err)
     with pytest.raises(ValueError, match=r"empty: neither a config\.json nor a pytorch_model\.bin"):
         main(["--debug", "convert", str(tmp_path / "empty"), str(tmp_path / "nowhere")])
 

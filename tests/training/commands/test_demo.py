@@ -36,5 +36,5 @@ def test_ablation_table(tmp_path, capsys):
 
 
 def test_bad_settings_are_one_line_errors(tmp_path, capsys):
-    assert main(["demo", "--quick", "--image-size", "40", "--out", str(tmp_path)]) == 1
+    assert main(["demo", "--quick", "--image-size", "40", "--out", str(tmp_path)]) == 2
     assert "image_size must be a multiple of the patch size 16, got 40" in capsys.readouterr().err

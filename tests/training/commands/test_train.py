@@ -83,7 +83,7 @@ def test_resume_continues_exactly_and_evaluation_does_not_disturb_training(panop
     assert all(torch.equal(expected[key], evaluated[key]) for key in expected)
 
 
-# ---- bad input: one line on stderr, exit status 1, no traceback ----
+# ---- bad input: one line on stderr, exit status 2 (3 when the run stopped part-way), no traceback ----
 
 
 def test_data_problems_are_reported_before_training(panoptic_root, tmp_path, capsys):
@@ -104,11 +104,15 @@ def test_data_problems_are_reported_before_training(panoptic_root, tmp_path, cap
 
 def test_a_corrupt_image_found_during_training_is_named(tmp_path, capsys):
     root = write_synthetic_coco_panoptic(tmp_path / "data", num_train=4, num_val=1, size=32, seed=2)
-    corrupt = sorted((root / "train2017").glob("*.jpg"))[3]  # past the records the validation pass decodes
+    corrupt = sorted((root / "train2017").glob("*.jpg"))[3]
     data = corrupt.read_bytes()
     corrupt.write_bytes(data[: len(data) * 3 // 4])  # the header reads, the pixels do not
-    assert_error(capsys, "train", "--data", root, "--out", tmp_path / "out", *TINY, *FAST, "--workers", 1,
-                 "--steps", 4, "--no-eval", expected=f"error: {corrupt}")  # fmt: skip
+    arguments = ["train", "--data", root, "--out", tmp_path / "out", *TINY, *FAST, "--steps", 4, "--no-eval"]
+    message = assert_error(capsys, *arguments, expected=str(corrupt))  # the validation pass reads every record
+    assert "problem(s)" in message and "truncated" in message and not (tmp_path / "out").exists()
+    message = assert_error(capsys, *arguments, "--skip-validation", "--workers", 1, status=3,
+                           expected="error: training stopped at step ")  # fmt: skip
+    assert str(corrupt) in message and "truncated" in message
 
 
 def test_class_mismatch_with_a_checkpoint_needs_reinitialized_heads(panoptic_root, tmp_path, capsys):
