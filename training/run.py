@@ -205,6 +205,7 @@ def _train_save_evaluate(trainer: EoMTTrainer, output_dir: Path, resume_from: st
             _write_outputs(trainer, output_dir)
             raise RunError(f"the final evaluation failed ({user_message(error)}); the trained model was written to "
                            f"{output_dir}") from error  # fmt: skip
+        trainer.record_results(str(output_dir))  # the results into the saved model's config and model card
     _write_outputs(trainer, output_dir, metrics)
     return metrics
 

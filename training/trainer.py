@@ -424,6 +424,18 @@ class EoMTTrainer(Trainer):
             model.config.training_summary = self.training_summary()
         super().save_model(output_dir, _internal_call)
 
+    def record_results(self, output_dir: str) -> None:
+        """After an evaluation of the model saved in `output_dir`: its config and model card, rewritten with the
+        results (the weights stay as saved)."""
+        from modeling_eomt.model_card import write_model_card
+
+        if not self.is_world_process_zero():
+            return
+        config = unwrap_model(self.model).config
+        config.training_summary = self.training_summary()
+        config.save_pretrained(output_dir)
+        write_model_card(config, output_dir)
+
     def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None,
                           tags: str | list[str] | None = None, dataset: str | None = None, **kwargs: Any) -> None:
         """This package's model card (`modeling_eomt.model_card`) in `args.output_dir`, in place of transformers'

@@ -84,7 +84,10 @@ def test_a_staged_save_replaces_the_model_and_its_stale_shards(tmp_path):
     assert (folder / "model.safetensors.index.json").is_file()
     with staged_directory(folder) as staging:
         model.save_pretrained(staging)  # one file
-    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    model.save_pretrained(tmp_path / "fresh")  # what one save writes: weights, config, remote code, model card
+    expected = sorted([path.name for path in (tmp_path / "fresh").iterdir()] + ["notes.txt"])
+    assert sorted(path.name for path in folder.iterdir()) == expected
+    assert not list(folder.glob("*.index.json")) and not list(folder.glob("model-0*.safetensors"))  # no stale shard
     reloaded = EoMTForUniversalSegmentation.from_pretrained(folder)
     assert all(torch.equal(reloaded.state_dict()[key], value) for key, value in model.state_dict().items())
 
