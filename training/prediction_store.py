@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from modeling_eomt.checkpoints.io import atomic_path
+
 PREDICTIONS_FILE = "predictions.json"
 MANIFEST_FILE = "run.json"
 RECORDS_DIR = "records"
@@ -165,8 +167,8 @@ def remove_results(out_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    for name in (PREDICTIONS_FILE, MANIFEST_FILE):  # temporary files of `write_atomically` left by a killed run
-        for leftover in out_dir.glob(f".{name}.*.tmp"):
+    for name in (PREDICTIONS_FILE, MANIFEST_FILE):  # temporary files of `atomic_path` left by a killed run
+        for leftover in out_dir.glob(f".{name}.*.partial"):
             leftover.unlink()
 
 
@@ -195,19 +197,10 @@ def prepare_output(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> 
 
 
 def write_atomically(path: Path, chunks: Iterable[str]) -> None:
-    """Write the text `chunks` to a temporary file beside `path`, then rename it to `path`: a reader, or a run killed
-    meanwhile, sees the previous file or the new one, never a part."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            for chunk in chunks:
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    """Write the text `chunks` to `path` through `atomic_path`: a reader, or a run killed meanwhile, sees the previous
+    file or the new one, never a part."""
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as file:
+        file.writelines(chunks)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
