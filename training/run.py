@@ -8,6 +8,7 @@ and the curves `loss.png`, `annealing.png` (and `eval_metrics.png` with evaluati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from .annealing import MaskAnnealingCallback
 from .curves import plot_training_curves
 from .data import DatasetInfo, load_source, make_eval_dataset, make_train_dataset
+from .launch import check_process_group, launch_uses_cpu
 from .settings import TASK_DEFAULTS, TrainSettings
 from .trainer import EoMTTrainer, recipe_training_arguments
 
@@ -111,6 +113,7 @@ def _check_same_classes(train_info: DatasetInfo, eval_info: DatasetInfo) -> None
 def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Validate the data, train, evaluate and write the outputs (see the module docstring); `callbacks` are added to
     the trainer's. Returns the final evaluation metrics (empty without an evaluation split)."""
+    settings = dataclasses.replace(settings, use_cpu=launch_uses_cpu(settings.use_cpu))  # several CPU processes
     output_dir = Path(settings.output_dir)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if settings.resume and last_checkpoint is None:
@@ -145,6 +148,7 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         eval_masked_attention=settings.eval_masked_attention,
         postprocess_kwargs=None if settings.eval_threshold is None else {"threshold": settings.eval_threshold},
     )
+    check_process_group(trainer.args)  # never several processes training alone into one folder
     trainer.train(resume_from_checkpoint=last_checkpoint if settings.resume else None)
     metrics = trainer.evaluate() if eval_dataset is not None else {}
     trainer.save_model(str(output_dir))  # model + processor, by the main process
@@ -238,12 +242,13 @@ def evaluate(
         Path(model_path) if Path(model_path).is_dir() else Path.cwd()) / "eval_metrics.json"  # fmt: skip
     args = recipe_training_arguments(
         str(output.parent), per_device_eval_batch_size=batch_size, dataloader_num_workers=workers, report_to="none",
-        use_cpu=use_cpu, disable_tqdm=not progress,
+        use_cpu=launch_uses_cpu(use_cpu), disable_tqdm=not progress,
     )  # fmt: skip
     trainer = EoMTTrainer(
         model=model, args=args, eval_dataset=eval_dataset, processing_class=processor, mask_annealing=False,
         eval_masked_attention=masked_attention, postprocess_kwargs=None if threshold is None else {"threshold": threshold},
     )  # fmt: skip
+    check_process_group(trainer.args)
     metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class}
     if trainer.is_world_process_zero():
         write_json(output, metrics)
