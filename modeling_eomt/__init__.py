@@ -7,13 +7,9 @@ works after `import modeling_eomt`. The dependency is one-way: `image_processing
 transformers' own `eomt` / `eomt_dinov3` model types are left untouched.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageSegmentation,
-    AutoModelForUniversalSegmentation,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageSegmentation, AutoModelForUniversalSegmentation
+# From its module: without torchvision, transformers 5.17's top-level `AutoImageProcessor` is a placeholder that fails.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES
 
 from image_processing.image_processing_eomt import EoMTImageProcessor

@@ -181,6 +181,19 @@ def fresh_output(output: Any, patch_offsets: list[Tensor] | None) -> Any:
     return type(output)(**fields, patch_offsets=patch_offsets)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message, or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def describe_set_up(backend: Any, kernel: str | None) -> str:
+    """How a static path runs, in words: its blocks and its attention kernel."""
+    blocks = f"blocks compiled by {getattr(backend, '__name__', backend)}" if backend is not None else "uncompiled blocks"
+    attention = kernel.lower().replace("_attention", "") if kernel else "the default"
+    return f"{blocks} with {attention} attention"
+
+
 def capture_cuda_graph(run: Callable[[Tensor], Any], static_input: Tensor) -> tuple[torch.cuda.CUDAGraph, Any]:
     """A CUDA graph of `run(static_input)` and the output it writes at every replay. `run` is called
     `WARMUP_CALLS` times first, on a side stream, so that nothing is compiled, tuned or loaded during the capture."""
@@ -238,7 +251,7 @@ class StaticInference:
         self.dtype = dtype
         self.backend = compile_backend(compile)
         self.attention_backend: str | None = None  # the SDPA kernel chosen at set-up (CUDA only)
-        self.blocks_compiled = self.backend is not None  # False after a fall-back to uncompiled blocks
+        self.blocks_compiled = self.backend is not None  # False after a fall-back to uncompiled blocks (CUDA)
         self._prepared: _Prepared | None = None
 
     @property
@@ -274,37 +287,46 @@ class StaticInference:
 
     def _prepare(self, pixel_values: Tensor) -> _Prepared:
         """Set up on `pixel_values`' device (in neither inference mode nor grad mode: the snapshot and the graph's
-        buffers are ordinary tensors that later calls may use in any mode). Should the compiled blocks fail to compile
-        or to be captured, the uncompiled ones are captured instead, with a warning."""
+        buffers are ordinary tensors that later calls may use in any mode).
+
+        On CUDA, should the graph fail to compile or to be captured, it is captured again without the compiled blocks,
+        then also without the chosen attention kernel, with a warning that names the errors."""
         device = pixel_values.device
         with torch.inference_mode(False), torch.no_grad():
             attn_mask_probs = self.model._read_attn_mask_probs()
             weights = {f"model.{name}": tensor for name, tensor in snapshot_weights(self.model, self.dtype).items()}
-            if device.type == "cuda" and not any(attn_mask_probs):  # masked rows need a kernel that takes a mask
-                shape, dtype = self._attention_shape(), self.dtype or torch.float32
-                self.attention_backend = fastest_attention_backend(shape, dtype, device)
-            run = self._forward_on(weights, attn_mask_probs, device, self.backend)
             if device.type != "cuda":
+                run = self._forward_on(weights, attn_mask_probs, device, self.backend, None)
                 return _Prepared(device, attn_mask_probs, run)
+            fastest = None
+            if not any(attn_mask_probs):  # masked query rows need a kernel that takes a mask: PyTorch's choice
+                fastest = fastest_attention_backend(self._attention_shape(), self.dtype or torch.float32, device)
             static_input = pixel_values.clone()
-            try:
-                graph, static_output = capture_cuda_graph(run, static_input)
-            except Exception as error:  # noqa: BLE001 (any compiler error: the uncompiled blocks still work)
-                if self.backend is None:
-                    raise
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                warnings.warn(f"static inference: the blocks compiled by {self.backend} could not be captured in a "
-                              f"CUDA graph ({message}); capturing them uncompiled", stacklevel=3)  # fmt: skip
-                self.blocks_compiled = False
-                run = self._forward_on(weights, attn_mask_probs, device, None)
-                graph, static_output = capture_cuda_graph(run, static_input)
-        return _Prepared(device, attn_mask_probs, run, graph, static_input, static_output)
+            errors = []
+            for backend, kernel in dict.fromkeys([(self.backend, fastest), (None, fastest), (None, None)]):
+                run = self._forward_on(weights, attn_mask_probs, device, backend, kernel)
+                try:
+                    graph, static_output = capture_cuda_graph(run, static_input)
+                except Exception as error:  # noqa: BLE001 (compiler and capture errors: the next set-up may work)
+                    errors.append(f"{describe_set_up(backend, kernel)}: {first_line(error)}")
+                    continue
+                if errors:
+                    warnings.warn(f"static inference: captured {describe_set_up(backend, kernel)} instead, after "
+                                  f"{'; '.join(errors)}", stacklevel=3)  # fmt: skip
+                self.blocks_compiled, self.attention_backend = backend is not None, kernel
+                return _Prepared(device, attn_mask_probs, run, graph, static_input, static_output)
+        raise RuntimeError(f"static inference: no CUDA graph could be captured: {'; '.join(errors)}")
 
     def _forward_on(
-        self, weights: dict[str, Tensor], attn_mask_probs: tuple[float, ...], device: torch.device, backend: Any
+        self,
+        weights: dict[str, Tensor],
+        attn_mask_probs: tuple[float, ...],
+        device: torch.device,
+        backend: Any,
+        kernel: str | None,
     ) -> Callable[[Tensor], Any]:
         """The forward pass on `weights` (the snapshot) with `attn_mask_probs`, under autocast, with the blocks
-        compiled by `backend` (None: not compiled) and the chosen attention kernel."""
+        compiled by `backend` (None: not compiled) and the SDPA kernel `kernel` (None: PyTorch's choice)."""
         forward = _InferenceForward(self.model, attn_mask_probs)
         blocks = list(self.model.eomt.layers)
         compiled = None
@@ -313,7 +335,7 @@ class StaticInference:
         autocast = dict(device_type=device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
         def run(pixel_values: Tensor) -> Any:
-            with compiled_blocks(blocks, compiled), attention_kernel(self.attention_backend):
+            with compiled_blocks(blocks, compiled), attention_kernel(kernel):
                 with torch.autocast(**autocast, cache_enabled=False):  # no cached casts in a CUDA graph
                     return torch.func.functional_call(forward, weights, (pixel_values,), strict=True)
 

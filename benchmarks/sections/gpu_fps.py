@@ -30,17 +30,16 @@ from benchmarks.context import (
 )
 from benchmarks.measure import Stats, paired_ratios
 from benchmarks.registry import Result, register_section
+from modeling_eomt.static_inference import describe_set_up
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def static_path_note(model: torch.nn.Module, compile_backend: str) -> str:
-    """How `model`'s static path runs: as a CUDA graph or not, its compiled blocks and its attention kernel."""
+    """How `model`'s static path runs: as a CUDA graph or not, its blocks and its attention kernel."""
     static = model.static_inference
-    kernel = static.attention_backend.lower().replace("_attention", "") if static.attention_backend else "by dispatch"
     graph = "CUDA graph" if static.uses_cuda_graph else "no CUDA graph"
-    blocks = f"blocks compiled by {compile_backend}" if static.blocks_compiled else "blocks not compiled (fell back)"
-    return f"{graph}, {blocks}, SDPA kernel {kernel}"
+    return f"{graph} of {describe_set_up(compile_backend if static.blocks_compiled else None, static.attention_backend)}"
 
 
 @register_section(

@@ -33,6 +33,12 @@ def random_targets(
     return masks, classes
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """`model.activation_checkpointing_enable()` (`gradient_checkpointing_enable` in older transformers 5 releases)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def build_training_loss(config: EoMTConfig) -> tuple[Callable[..., Tensor], str]:
     """The loss of the training step, `training.loss.MaskClassificationLoss` (Hungarian matching, point-sampled
     BCE / dice, class CE; the total only), and its name; both models get the same loss and the same targets."""
@@ -113,7 +119,7 @@ def step_peak_memory(
     model = pair.ours if which.startswith("ours") else pair.reference
     del pair
     if which == "ours-checkpointing":
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     step = training_step_function(model, pixel_values, targets, loss)
     step()  # creates the gradients and the AdamW moments: part of the baseline, not of the peak
     return peak_rss_delta(step, repeats=memory_repeats)
@@ -150,7 +156,7 @@ def training_section(context: BenchmarkContext) -> list[Result]:
     pair, pixel_values, targets, loss, loss_name = training_setup(args, context.device, context.config_overrides)
     checkpointed = EoMTForUniversalSegmentation(pair.config).to(context.device)
     checkpointed.load_state_dict(pair.ours.state_dict())
-    checkpointed.activation_checkpointing_enable()
+    enable_activation_checkpointing(checkpointed)
     steps = {
         "ours": training_step_function(pair.ours, pixel_values, targets, loss),
         "reference": training_step_function(pair.reference, pixel_values, targets, loss),

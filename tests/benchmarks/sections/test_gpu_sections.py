@@ -17,6 +17,6 @@ def test_gpu_fps_and_throughput_rows():
         assert result.ours.median > 0 and result.reference.median > 0 and result.ratio.median > 0
     static = results[0]
     assert static.extra["fps"] == static.ours.median and static.extra["latency_seconds"] > 0
-    assert "no CUDA graph, blocks compiled by aot_eager" in static.notes and "transformers compiled" in static.notes  # the compile path ran too
+    assert "no CUDA graph of blocks compiled by aot_eager with the default attention" in static.notes and "transformers compiled" in static.notes  # the compile path ran too
     assert "transformers" in results[1].notes and "compiled in" in results[1].notes
     assert results[2].extra["batch_size"] == 2
