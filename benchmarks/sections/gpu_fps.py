@@ -13,7 +13,7 @@ notes its latency with a synchronisation after every call. Each row notes how fa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -49,9 +49,15 @@ def static_path_note(model: torch.nn.Module, compile_backend: str) -> str:
     cuda_only=True,
 )
 def gpu_fps_section(context: BenchmarkContext) -> Iterator[Result]:
-    for size in context.args.gpu_sizes:  # rows size by size: a run stopped part-way keeps the sizes done
-        torch.compiler.reset()  # a fresh compilation cache per size: recompilation limits count per function
-        yield from size_fps(context, size)
+    return size_by_size(context, size_fps)
+
+
+def size_by_size(context: BenchmarkContext, rows: Callable[[BenchmarkContext, str], list[Result]]) -> Iterator[Result]:
+    """`rows(context, size)` for each size of `--gpu-sizes`, yielded as they come (a run stopped part-way keeps the
+    sizes done), each size with fresh models and a fresh compilation cache (recompilation limits count per function)."""
+    for size in context.args.gpu_sizes:
+        torch.compiler.reset()
+        yield from rows(context, size)
         context.release_models()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 
 from benchmarks.context import (
     BenchmarkContext,
@@ -19,7 +18,7 @@ from benchmarks.context import (
 )
 from benchmarks.measure import Stats, paired_ratios
 from benchmarks.registry import Result, register_section
-from benchmarks.sections.gpu_fps import DTYPES, static_path_note
+from benchmarks.sections.gpu_fps import DTYPES, size_by_size, static_path_note
 
 
 @register_section(
@@ -28,10 +27,7 @@ from benchmarks.sections.gpu_fps import DTYPES, static_path_note
     cuda_only=True,
 )
 def gpu_throughput_section(context: BenchmarkContext) -> Iterator[Result]:
-    for size in context.args.gpu_sizes:  # rows size by size: a run stopped part-way keeps the sizes done
-        torch.compiler.reset()  # a fresh compilation cache per size: recompilation limits count per function
-        yield from size_throughput(context, size)
-        context.release_models()
+    return size_by_size(context, size_throughput)
 
 
 def size_throughput(context: BenchmarkContext, size: str) -> list[Result]:

@@ -64,7 +64,7 @@ def test_each_section_reports_its_rows(rehearsal):
     cases = [(row["section"], row["case"]) for row in rows]
     fps = [case for section, case in cases if section == "gpu-fps"]
     assert fps == ["ViT-S/16, 32px, 5 queries, float16, static path", "ViT-S/16, 32px, 5 queries, float16, torch.compile"]
-    throughput = [case.split(", ", 4)[-1] for section, case in cases if section == "gpu-throughput"]
+    throughput = [case.split(", ", 3)[-1] for section, case in cases if section == "gpu-throughput"]
     assert throughput == ["batch 2, float16, static path", "batch 2, float16, autocast",
                           "batch 3, float16, static path", "batch 3, float16, autocast"]  # fmt: skip
     assert sum(section == "forward" for section, _ in cases) == 3
