@@ -72,7 +72,8 @@ step() {
         printf '%s\tskipped (budget)\t0\t%s\n' "$name" "$limit" >> "$WORK/steps.tsv"
         return
     fi
-    [ "$limit" -gt "$left" ] && limit=$left
+    local cut=0
+    [ "$limit" -gt "$left" ] && limit=$left cut=1
     say "$name: start, limit $limit s"
     local begin
     begin=$(date +%s)
@@ -80,7 +81,7 @@ step() {
     local status=${PIPESTATUS[0]} took=$(($(date +%s) - begin)) result
     case $status in
         0) result=ok ;;
-        124|137) result="timed out" ;;
+        124|137) result="timed out"; [ "$cut" = 1 ] && result="cut short by the budget" ;;
         *) result="failed (exit $status)" ;;
     esac
     say "$name: $result in $took s"
@@ -125,7 +126,8 @@ done
 report
 say "done in $(($(date +%s) - START)) s: $OUT_DIR/summary.md"
 cat "$OUT_DIR/summary.md"
-# Exit status 1 when a step failed or ran out of time (steps skipped for the budget are not failures).
+# Exit status 1 when a step failed or ran past its own limit (steps skipped or cut short for the budget are not
+# failures: their rows so far are in the report).
 if grep -qE $'\t(failed|timed out)' "$WORK/steps.tsv"; then
     exit 1
 fi
