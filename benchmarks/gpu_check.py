@@ -58,7 +58,8 @@ def describe_environment(device: str) -> dict[str, Any]:
             environment[name] = None
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
-        environment["gpu"] = f"{properties.name}, {properties.total_memory / 2**30:.0f} GiB, {properties.major}.{properties.minor}"
+        memory, capability = properties.total_memory / 2**30, f"{properties.major}.{properties.minor}"
+        environment["gpu"] = f"{properties.name}, {memory:.0f} GiB, compute capability {capability}"
         environment["cudnn"] = torch.backends.cudnn.version()
     for module in STEP_MODULES:
         importlib.import_module(module)
@@ -119,17 +120,19 @@ def write_report(work: Path, out: Path, budget: int) -> None:
 
     lines = ["# gpu_check", ""]
     if environment:
-        described = ", ".join(f"{key} {environment.get(key)}" for key in ("gpu", "torch", "cuda", "transformers", "python"))
+        keys = ("gpu", "torch", "cuda", "transformers", "python")
+        described = ", ".join(f"{key} {environment.get(key)}" for key in keys)
         lines += [f"{described}; device {environment.get('device')}", ""]
         if environment.get("missing_optional_packages"):
             lines += [f"Not installed (not needed): {', '.join(environment['missing_optional_packages'])}", ""]
     total = sum(step["seconds"] for step in steps)
-    lines += [f"Steps ({total} s of a {budget} s budget):", "", "| step | status | seconds | limit |", "|---|---|---|---|"]
+    lines += [f"Steps ({total} s of a {budget} s budget):", "", "| step | status | seconds | limit |"]
+    lines += ["|---|---|---|---|"]
     lines += [f"| {step['step']} | {step['status']} | {step['seconds']} | {step['limit']} |" for step in steps]
     goals = goal_rows(results)
     if goals and environment.get("device") == "cuda":
-        lines += ["", "Batch-1 goals of the static path (logits: largest |difference to float32| / largest |float32 logit|, "
-                  "class and mask logits):", "", "| model | FPS | goal | logits vs float32 | tolerance | met |",
+        lines += ["", "Batch-1 goals of the static path (logits: largest |difference to float32| / largest |float32 "
+                  "logit|, class and mask logits):", "", "| model | FPS | goal | logits vs float32 | tolerance | met |",
                   "|---|---|---|---|---|---|", *goals]  # fmt: skip
     elif environment.get("device") == "cpu":
         lines += ["", "A rehearsal on the CPU: the numbers say that every step runs, not how fast a GPU is."]

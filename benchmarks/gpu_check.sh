@@ -15,9 +15,10 @@
 #   gpu_check.log  everything the steps printed
 #   pytest.log     the CUDA tests' output
 #
-# Needs Python ($PYTHON, default python3) with torch, transformers, accelerate, numpy, pillow, scipy, safetensors, tqdm and pytest; the repository
-# need not be installed (it runs from the repository root with PYTHONPATH), and datasets, evaluate and pycocotools are
-# not used. Wheels in .whl/ at the repository root, if any, are installed to /tmp/site first.
+# Needs Python ($PYTHON, default python3) with torch, transformers, accelerate, numpy, pillow, scipy, safetensors, tqdm
+# and pytest; the repository need not be installed (it runs from the repository root with PYTHONPATH), and datasets,
+# evaluate and pycocotools are not used. Wheels in .whl/ at the repository root, if any, are installed to /tmp/site
+# first.
 # --device cpu runs the same steps on tiny models and 32-pixel images: a rehearsal that checks everything runs (the
 # numbers mean nothing); tests/benchmarks/test_gpu_check.py runs it.
 set -uo pipefail
@@ -115,13 +116,17 @@ sizes() { local IFS=,; echo "$*"; }
 say "device $DEVICE, budget $BUDGET s, output $OUT_DIR"
 step env 60 20 "$PY" -m benchmarks.gpu_check env --device "$DEVICE" --work "$WORK"
 # shellcheck disable=SC2086  # one argument per test file
-step tests 90 30 bash -c "set -o pipefail; \"$PY\" -m pytest -q -m cuda -p no:cacheprovider $TESTS 2>&1 | tee \"$OUT_DIR/pytest.log\""
-step gpu-fps-static 150 40 "${BENCH[@]}" --sections gpu-fps --gpu-paths static --gpu-sizes "$(sizes "${FPS_SIZES[@]}")" --out "$WORK/gpu-fps-static.json"
-step gpu-throughput 130 40 "${BENCH[@]}" --sections gpu-throughput --gpu-sizes "$(sizes "${FPS_SIZES[@]}")" --out "$WORK/gpu-throughput.json"
+step tests 90 30 bash -c \
+    "set -o pipefail; \"$PY\" -m pytest -q -m cuda -p no:cacheprovider $TESTS 2>&1 | tee \"$OUT_DIR/pytest.log\""
+step gpu-fps-static 150 40 "${BENCH[@]}" --sections gpu-fps --gpu-paths static \
+    --gpu-sizes "$(sizes "${FPS_SIZES[@]}")" --out "$WORK/gpu-fps-static.json"
+step gpu-throughput 130 40 "${BENCH[@]}" --sections gpu-throughput --gpu-sizes "$(sizes "${FPS_SIZES[@]}")" \
+    --out "$WORK/gpu-throughput.json"
 step forward 45 20 "${BENCH[@]}" --sections forward "${LARGE[@]}" --out "$WORK/forward.json"
 step training 75 30 "${BENCH[@]}" --sections training "${TRAIN[@]}" --out "$WORK/training.json"
 for size in "${FPS_SIZES[@]}"; do
-    step "gpu-fps-compile-$size" 150 45 "${BENCH[@]}" --sections gpu-fps --gpu-paths compile --gpu-sizes "$size" --out "$WORK/gpu-fps-compile-$size.json"
+    step "gpu-fps-compile-$size" 150 45 "${BENCH[@]}" --sections gpu-fps --gpu-paths compile --gpu-sizes "$size" \
+        --out "$WORK/gpu-fps-compile-$size.json"
 done
 report
 say "done in $(($(date +%s) - START)) s: $OUT_DIR/summary.md"

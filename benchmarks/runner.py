@@ -35,7 +35,7 @@ def check_arguments(args: argparse.Namespace) -> list[Section]:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be a multiple of the patch size 16, got {getattr(args, name)}"
             )
-    return select_sections(args.sections, device, rehearse=args.rehearse)
+    return select_sections(args.sections, device, rehearse=getattr(args, "rehearse", False))
 
 
 def run_benchmark(args: argparse.Namespace, config_overrides: dict[str, Any] | None = None) -> list[Result]:
@@ -45,7 +45,8 @@ def run_benchmark(args: argparse.Namespace, config_overrides: dict[str, Any] | N
     sections = check_arguments(args)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    context = BenchmarkContext(args, device, {**(args.model_config or {}), **(config_overrides or {})})
+    overrides = {**(getattr(args, "model_config", None) or {}), **(config_overrides or {})}
+    context = BenchmarkContext(args, device, overrides)
     machine = machine_description(args, device)
     results: list[Result] = []
     started = time.perf_counter()

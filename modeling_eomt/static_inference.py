@@ -131,7 +131,8 @@ def snapshot_weights(model: nn.Module, dtype: torch.dtype | None) -> dict[str, T
     if dtype is not None:
         for prefix, module in model.named_modules():
             if isinstance(module, _CAST_MODULES):
-                cast.update(f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters(recurse=False))
+                names = (name for name, _ in module.named_parameters(recurse=False))
+                cast.update(f"{prefix}.{name}" if prefix else name for name in names)
     weights = {}
     for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
         weights[name] = tensor.detach().to(dtype) if name in cast else tensor.detach().clone()
@@ -189,7 +190,7 @@ def first_line(error: BaseException) -> str:
 
 def describe_set_up(backend: Any, kernel: str | None) -> str:
     """How a static path runs, in words: its blocks and its attention kernel."""
-    blocks = f"blocks compiled by {getattr(backend, '__name__', backend)}" if backend is not None else "uncompiled blocks"
+    blocks = "uncompiled blocks" if backend is None else f"blocks compiled by {getattr(backend, '__name__', backend)}"
     attention = kernel.lower().replace("_attention", "") if kernel else "the default"
     return f"{blocks} with {attention} attention"
 

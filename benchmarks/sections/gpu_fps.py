@@ -39,7 +39,8 @@ def static_path_note(model: torch.nn.Module, compile_backend: str) -> str:
     """How `model`'s static path runs: as a CUDA graph or not, its blocks and its attention kernel."""
     static = model.static_inference
     graph = "CUDA graph" if static.uses_cuda_graph else "no CUDA graph"
-    return f"{graph} of {describe_set_up(compile_backend if static.blocks_compiled else None, static.attention_backend)}"
+    backend = compile_backend if static.blocks_compiled else None
+    return f"{graph} of {describe_set_up(backend, static.attention_backend)}"
 
 
 @register_section(

@@ -34,7 +34,8 @@ def rehearsal(tmp_path_factory):
     (site / "sitecustomize.py").write_text(BLOCK_OPTIONAL_PACKAGES)
     out = tmp_path_factory.mktemp("gpu_check") / "out"
     env = {key: value for key, value in os.environ.items() if key not in ("OUT", "GPU_CHECK_OUT", "GPU_CHECK_BUDGET")}
-    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]))
+    python_path = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
     command = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--out", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500)
     return result, out
@@ -52,7 +53,8 @@ def test_every_step_runs_and_reports(rehearsal):
 
     summary = (out / "summary.md").read_text()
     assert all(f"| {step} | ok |" in summary for step in STEPS)
-    assert "A rehearsal on the CPU" in summary and "| gpu-fps | ViT-S/16, 32px, 5 queries, float16, static path |" in summary
+    assert "A rehearsal on the CPU" in summary
+    assert "| gpu-fps | ViT-S/16, 32px, 5 queries, float16, static path |" in summary
     tests = (out / "pytest.log").read_text()  # the tests marked cuda, all skipped here
     assert re.search(r"^\d+ skipped", tests, re.MULTILINE) and not re.search(r"passed|failed|error", tests)
     assert "[gpu_check" in result.stdout  # progress on the console
@@ -63,7 +65,8 @@ def test_each_section_reports_its_rows(rehearsal):
     rows = json.loads((out / "results.json").read_text())["results"]
     cases = [(row["section"], row["case"]) for row in rows]
     fps = [case for section, case in cases if section == "gpu-fps"]
-    assert fps == ["ViT-S/16, 32px, 5 queries, float16, static path", "ViT-S/16, 32px, 5 queries, float16, torch.compile"]
+    shape = "ViT-S/16, 32px, 5 queries, float16"
+    assert fps == [f"{shape}, static path", f"{shape}, torch.compile"]
     throughput = [case.split(", ", 3)[-1] for section, case in cases if section == "gpu-throughput"]
     assert throughput == ["batch 2, float16, static path", "batch 2, float16, autocast",
                           "batch 3, float16, static path", "batch 3, float16, autocast"]  # fmt: skip

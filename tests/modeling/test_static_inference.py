@@ -73,7 +73,8 @@ def test_changed_probabilities_take_the_ordinary_path():
         model.set_attn_mask_probs(1.0)
         masked = model(pixel_values)
     assert len(masked.intermediate_masks_queries_logits) == model.config.num_blocks
-    torch.testing.assert_close(masked.masks_queries_logits, ordinary_output(model, pixel_values, None).masks_queries_logits)
+    expected = ordinary_output(model, pixel_values, None)
+    torch.testing.assert_close(masked.masks_queries_logits, expected.masks_queries_logits)
 
 
 def test_outputs_are_fresh_float32_tensors_with_patch_offsets():
@@ -112,7 +113,7 @@ def test_compiled_blocks_share_one_compilation_and_leave_the_model_as_it_was():
 
 def test_bad_static_shapes_are_named():
     model = tiny_model()
-    with pytest.raises(ValueError, match=r"static_shape must be three integers \(batch, height, width\), got \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"static_shape must be three integers \(batch, height, width\), got \(64,"):
         model.enable_fast_inference(static_shape=(64, 64))
     with pytest.raises(ValueError, match=r"multiples of patch_size=16, got \(1, 64, 60\)"):
         model.enable_fast_inference(static_shape=(1, 64, 60))
@@ -184,7 +185,8 @@ def test_blocks_that_fail_to_compile_are_captured_uncompiled():
     expected = ordinary_output(model, pixel_values, None)
     torch.compiler.reset()
     model.enable_fast_inference(None, compile=failing_backend, static_shape=SHAPE)
-    with pytest.warns(UserWarning, match="captured uncompiled blocks with .* attention instead, after blocks compiled by failing_backend"):
+    expected_warning = "captured uncompiled blocks with .* attention instead, after blocks compiled by failing_backend"
+    with pytest.warns(UserWarning, match=expected_warning):
         with torch.inference_mode():
             actual = model(pixel_values)
     assert model.static_inference.uses_cuda_graph and not model.static_inference.blocks_compiled
