@@ -31,10 +31,11 @@ def build_config(size: str, image_size: int, num_queries: int, **overrides: Any)
 
 
 def build_reference(ours: EoMTForUniversalSegmentation) -> nn.Module:
-    """transformers' `EomtForUniversalSegmentation` with `ours`' weights."""
+    """transformers' `EomtForUniversalSegmentation` with `ours`' weights (built on `ours`' device)."""
     from transformers import EomtConfig, EomtForUniversalSegmentation
 
-    reference = EomtForUniversalSegmentation(EomtConfig.from_dict(config_to_transformers_eomt(ours.config)))
+    with torch.device(ours.device):  # random initialisation on the GPU, not on the CPU first
+        reference = EomtForUniversalSegmentation(EomtConfig.from_dict(config_to_transformers_eomt(ours.config)))
     reference.load_state_dict(state_dict_to_transformers_eomt(ours.state_dict(), ours.config), strict=True)
     return reference.to(ours.device)
 
@@ -55,15 +56,19 @@ class ModelPair:
 
 def build_model_pair(config: EoMTConfig, device: torch.device, seed: int = 0) -> ModelPair:
     torch.manual_seed(seed)
-    ours = EoMTForUniversalSegmentation(config).to(device)
+    with torch.device(device):  # random initialisation on the GPU, not on the CPU first
+        ours = EoMTForUniversalSegmentation(config).to(device)
     return ModelPair(ours, build_reference(ours))
 
 
-def fast_copy(pair: ModelPair, dtype: torch.dtype | str | None, compile: bool = False) -> EoMTForUniversalSegmentation:
-    """A copy of our model with `enable_fast_inference(dtype, compile)`."""
-    model = EoMTForUniversalSegmentation(pair.config).to(pair.ours.device)
+def fast_copy(
+    pair: ModelPair, dtype: torch.dtype | str | None, compile: bool | str = False, static_shape: tuple | None = None
+) -> EoMTForUniversalSegmentation:
+    """A copy of our model with `enable_fast_inference(dtype, compile, static_shape)`."""
+    with torch.device(pair.ours.device):
+        model = EoMTForUniversalSegmentation(pair.config).to(pair.ours.device)
     model.load_state_dict(pair.ours.state_dict())
-    return model.enable_fast_inference(dtype, compile=compile)
+    return model.enable_fast_inference(dtype, compile=compile, static_shape=static_shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -110,6 +115,12 @@ class BenchmarkContext:
         pair.set_mask_probability(mask_probability)
         return pair
 
+    def release_models(self) -> None:
+        """Drop the cached model pair and return the CUDA allocator's free blocks: the next size starts afresh."""
+        self._pairs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def images(self, batch_size: int, image_size: int | None = None) -> Tensor:
         side = image_size or self.args.image_size
         generator = torch.Generator().manual_seed(self.args.seed)
@@ -152,6 +163,48 @@ def max_output_difference(pair: ModelPair, pixel_values: Tensor) -> float:
         (ours.class_queries_logits.float() - reference.class_queries_logits.float()).abs().max().item(),
         (ours.masks_queries_logits.float() - reference.masks_queries_logits.float()).abs().max().item(),
     )
+
+
+def float32_output(model: nn.Module, pixel_values: Tensor) -> Any:
+    """`model(pixel_values)` in float32 with TF32 off (in matmuls and cuDNN convolutions): what the half-precision
+    paths are compared with."""
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32")
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, False)
+        with torch.inference_mode():
+            return model(pixel_values)
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
+
+
+def relative_logit_difference(output: Any, expected: Any) -> float:
+    """Largest |logit - expected logit| over the largest |expected logit|, the larger of the class and mask logits':
+    how far a half-precision path is from float32, on the scale of the logits."""
+    return max(
+        ((getattr(output, name).float() - getattr(expected, name).float()).abs().max()
+         / getattr(expected, name).float().abs().max()).item()
+        for name in ("class_queries_logits", "masks_queries_logits")
+    )  # fmt: skip
+
+
+def repeated(run: Callable[[], object], calls: int) -> Callable[[], object]:
+    """`run` `calls` times back to back: one timed repetition of a stream of calls (the timer synchronises once)."""
+
+    def run_all() -> object:
+        for _ in range(calls):
+            output = run()
+        return output
+
+    return run_all
+
+
+def compiled_reference(reference: nn.Module, backend: str) -> nn.Module:
+    """transformers' model under `torch.compile` with `backend` (inductor: with frozen weights, as ours)."""
+    options = {"options": {"freezing": True}} if backend == "inductor" else {}
+    return torch.compile(reference, backend=backend, **options)
 
 
 def first_call_seconds(run: Callable[[], object]) -> float:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ SECTION_MODULES = (
     "fast",
     "export",
     "gpu_fps",
+    "gpu_throughput",
     "profile",
     "pre_processing",
     "loss",
@@ -72,17 +73,25 @@ class Result:
 class Section:
     key: str
     title: str
-    run: Callable[[BenchmarkContext], list[Result]]
+    run: Callable[[BenchmarkContext], Iterable[Result]]
     cuda_only: bool = False
     in_all: bool = True
 
 
 SECTIONS: dict[str, Section] = {}
 
+# Section modules that could not be imported for want of an optional package (e.g. pycocotools on a machine with
+# PyTorch alone): module name -> the import error's message.
+UNAVAILABLE: dict[str, str] = {}
+
+# The packages of this project: a missing one is a bug, never an optional package.
+_PROJECT_PACKAGES = ("benchmarks", "modeling_eomt", "image_processing", "training")
+
 
 def register_section(key: str, title: str, cuda_only: bool = False, in_all: bool = True) -> Callable:
-    """Decorator adding `function(context) -> list[Result]` to the benchmark under `key`; `in_all=False` sections run
-    only when `--sections` names them, `cuda_only` ones only with `--device cuda`."""
+    """Decorator adding `function(context) -> list[Result]` (or a generator of the rows, which are then saved as they
+    come) to the benchmark under `key`; `in_all=False` sections run only when `--sections` names them, `cuda_only`
+    ones only with `--device cuda` (or `--rehearse`)."""
 
     def decorator(function: Callable[[BenchmarkContext], list[Result]]) -> Callable:
         SECTIONS[key] = Section(key, title, function, cuda_only, in_all)
@@ -92,26 +101,36 @@ def register_section(key: str, title: str, cuda_only: bool = False, in_all: bool
 
 
 def load_sections() -> dict[str, Section]:
-    """Every section, in the order of `SECTION_MODULES`."""
+    """Every section whose module imports, in the order of `SECTION_MODULES`; those that need a package missing here
+    are left out (and listed in `UNAVAILABLE`)."""
     for name in SECTION_MODULES:
-        importlib.import_module(f"benchmarks.sections.{name}")
+        try:
+            importlib.import_module(f"benchmarks.sections.{name}")
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] in ("", *_PROJECT_PACKAGES):
+                raise
+            UNAVAILABLE[name] = str(error)
     module_index = {f"benchmarks.sections.{name}": index for index, name in enumerate(SECTION_MODULES)}
     return dict(sorted(SECTIONS.items(), key=lambda item: module_index[item[1].run.__module__]))
 
 
-def select_sections(names: str, device: torch.device) -> list[Section]:
+def select_sections(names: str, device: torch.device, rehearse: bool = False) -> list[Section]:
     """The sections `--sections` names (comma-separated), or for `all` those in the default set that fit `device`;
-    a `ValueError` names an unknown section or a CUDA section without CUDA."""
+    a `ValueError` names an unknown or unavailable section, or a CUDA section without CUDA (allowed with `rehearse`:
+    a check on the CPU that it runs)."""
     sections = load_sections()
     if names == "all":
         applies = [section for section in sections.values() if device.type == "cuda" or not section.cuda_only]
         return [section for section in applies if section.in_all]
     selected = []
     for name in (name.strip() for name in names.split(",") if name.strip()):
+        module = name.replace("-", "_")
+        if name not in sections and module in UNAVAILABLE:
+            raise ValueError(f"section {name!r} is unavailable here: {UNAVAILABLE[module]}")
         if name not in sections:
             raise ValueError(f"unknown section {name!r}; choose from {', '.join(sections)}")
-        if sections[name].cuda_only and device.type != "cuda":
-            raise ValueError(f"section {name!r} needs --device cuda")
+        if sections[name].cuda_only and device.type != "cuda" and not rehearse:
+            raise ValueError(f"section {name!r} needs --device cuda (or --rehearse to check on the CPU that it runs)")
         selected.append(sections[name])
     return selected
 
@@ -123,4 +142,6 @@ def describe_sections() -> str:
         conditions = [("CUDA only", section.cuda_only), ("only when named", not section.in_all)]
         suffix = "".join(f" ({name})" for name, holds in conditions if holds)
         lines.append(f"  {section.key:<16} {section.title}{suffix}")
+    for module, reason in UNAVAILABLE.items():
+        lines.append(f"  {module.replace('_', '-'):<16} unavailable here: {reason}")
     return "\n".join(lines)

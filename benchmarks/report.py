@@ -8,15 +8,19 @@ import platform
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # the tables need no torch (benchmarks/gpu_check.py writes them from JSON)
+    import torch
 
-from benchmarks.measure import Stats
-from benchmarks.registry import Result
+    from benchmarks.measure import Stats
+    from benchmarks.registry import Result
 
 # unit: (scale, suffix) of the printed values
-UNITS = {"s": (1e3, " ms"), "bytes": (2**-20, " MiB"), "FLOP/s": (1e-9, " GFLOP/s"), "FPS": (1.0, " FPS")}
+UNITS = {
+    "s": (1e3, " ms"), "bytes": (2**-20, " MiB"), "FLOP/s": (1e-9, " GFLOP/s"), "FPS": (1.0, " FPS"),
+    "images/s": (1.0, " images/s"),
+}  # fmt: skip
 
 
 def format_value(stats: Stats | None, unit: str) -> str:
@@ -44,6 +48,8 @@ def markdown_table(results: Sequence[Result]) -> str:
 
 
 def machine_description(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    import torch
+
     description = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

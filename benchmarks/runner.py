@@ -18,7 +18,7 @@ from benchmarks.report import machine_description, markdown_table, write_json_re
 
 POSITIVE_OPTIONS = (
     "repeats", "threads", "image_size", "queries", "train_image_size", "train_batch_size", "train_queries",
-    "memory_repeats", "matmul_size", "profile_rows",
+    "memory_repeats", "matmul_size", "profile_rows", "gpu_iterations",
 )  # fmt: skip
 
 
@@ -39,26 +39,30 @@ def check_arguments(args: argparse.Namespace) -> list[Section]:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be a multiple of the patch size 16, got {getattr(args, name)}"
             )
-    return select_sections(args.sections, device)
+    return select_sections(args.sections, device, rehearse=getattr(args, "rehearse", False))
 
 
 def run_benchmark(args: argparse.Namespace, config_overrides: dict[str, Any] | None = None) -> list[Result]:
-    """Run the selected sections, print the Markdown table and write the JSON report when `args.out` is set.
-    `config_overrides` change the model configuration of every section (tests use tiny models)."""
+    """Run the selected sections, print the Markdown table and write the JSON report when `args.out` is set (after
+    every row, so that a run stopped part-way keeps what it measured). `config_overrides` change the model
+    configuration of every section, after `--model-config` (tests use tiny models)."""
     sections = check_arguments(args)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    context = BenchmarkContext(args, device, config_overrides or {})
+    overrides = {**(getattr(args, "model_config", None) or {}), **(config_overrides or {})}
+    context = BenchmarkContext(args, device, overrides)
+    machine = machine_description(args, device)
     results: list[Result] = []
     started = time.perf_counter()
     for section in sections:
         print(f"== {section.key}: {section.title}", file=sys.stderr, flush=True)
-        results.extend(section.run(context))
-    machine = machine_description(args, device)
+        for result in section.run(context):  # a list, or a generator that yields rows as they are measured
+            results.append(result)
+            if args.out is not None:
+                write_json_report(args.out, args, machine, time.perf_counter() - started, results)
     clock = "process CPU time / threads" if args.clock == "cpu" else "wall clock"
     print(f"\n{machine['cpu']}, {args.threads} threads, torch {machine['torch']}, {clock}, {machine['date']}\n")
     print(markdown_table(results))
     if args.out is not None:
-        write_json_report(args.out, args, machine, time.perf_counter() - started, results)
         print(f"\nwrote {args.out}")
     return results

@@ -34,7 +34,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
-from . import fast_paths
+from . import fast_paths, static_inference
 from .checkpoints.geometry import interpolate_position_embeddings
 from .checkpoints.loading import check_loading_info, check_model_directory, warn_nonfinite
 from .configuration_eomt import EoMTConfig
@@ -632,6 +632,7 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         self._attn_mask_probs_values: tuple[float, ...] = (1.0,) * config.num_blocks
         self.inference_dtype: torch.dtype | None = None
         self.compiled_inference: Callable | None = None
+        self.static_inference: static_inference.StaticInference | None = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -678,27 +679,48 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         return super().train(mode)
 
     def enable_fast_inference(
-        self, dtype: torch.dtype | str | None = torch.bfloat16, compile: bool = False
+        self,
+        dtype: torch.dtype | str | None = torch.bfloat16,
+        compile: bool | str | Callable = False,
+        static_shape: Sequence[int] | None = None,
     ) -> "EoMTForUniversalSegmentation":
         """Faster inference (eval mode) at a small cost in precision; returns the model, switched to eval mode.
 
         Args:
             dtype: run inference under `torch.autocast(dtype)`. bfloat16 runs the matmuls faster than float32 on CPUs
                 with AVX-512 BF16 or AMX and on recent GPUs; the logits are returned in float32 and differ from
-                float32 inference by about 1% of their scale. `"int8"` (or `torch.qint8`, CPU only): the transformer
-                blocks' linear layers in int8 (`quantization.Int8Linear`), the rest under bfloat16 autocast; weights
-                changed afterwards are not seen until `enable_fast_inference` is called again. None: plain float32.
+                float32 inference by about 1% of their scale (float16: about 0.2%). `"int8"` (or `torch.qint8`, CPU
+                only): the transformer blocks' linear layers in int8 (`quantization.Int8Linear`), the rest under
+                bfloat16 autocast; weights changed afterwards are not seen until `enable_fast_inference` is called
+                again. None: plain float32.
             compile: `torch.compile` the inference forward with the weights frozen into the graph (inductor's
                 `freezing`): each new input size compiles once, and weights changed afterwards are not seen until
-                `enable_fast_inference` is called again.
+                `enable_fast_inference` is called again. True for inductor, or another `torch.compile` backend (name
+                or function; e.g. "aot_eager" to check the tracing without generating code).
+            static_shape: `(batch, height, width)`: inputs of exactly this shape take a static path
+                (`static_inference.StaticInference`), set up at the first such call on a snapshot of the weights and
+                `attn_mask_probs` of that moment. On CUDA it is one CUDA graph, replayed per call (no per-call Python
+                or kernel-launch overhead, no host-device synchronisation), with the fastest attention kernel
+                measured once; `compile` then compiles the transformer blocks alone (one compilation for all of
+                them). Outputs carry no autograd graph; other shapes take the path `dtype` and `compile` set up.
         Training mode is unaffected; `enable_fast_inference(None)` switches everything off.
         """
         int8 = dtype in ("int8", torch.qint8)
         if not int8 and dtype not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be torch.bfloat16, torch.float16, 'int8' or None, got {dtype}")
+        if int8 and static_shape is not None:
+            raise ValueError("static_shape is a CUDA path for float16 / bfloat16 / float32; int8 is CPU only")
         set_int8_linear_layers(self.eomt.layers, int8)
-        self.inference_dtype = torch.bfloat16 if int8 else dtype
-        self.compiled_inference = torch.compile(self._forward, options={"freezing": True}) if compile else None
+        dtype = torch.bfloat16 if int8 else dtype
+        backend = static_inference.compile_backend(compile)
+        self.static_inference = None
+        if static_shape is not None:
+            self.static_inference = static_inference.StaticInference(self, static_shape, dtype, compile)
+        self.inference_dtype = dtype
+        self.compiled_inference = None
+        if backend is not None:
+            options = {"options": {"freezing": True}} if backend == "inductor" else {}
+            self.compiled_inference = torch.compile(self._forward, backend=backend, **options)
         return self.eval()
 
     def forward(
@@ -732,6 +754,10 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         check_pixel_values(pixel_values, self.config)
         if (mask_labels is None) != (class_labels is None):
             raise ValueError("the loss needs both mask_labels and class_labels (got only one of them)")
+        if mask_labels is None and not self.training and self.static_inference is not None and not (output_attentions or output_hidden_states):
+            output = self.static_inference(pixel_values, patch_offsets)  # None where the static path does not apply
+            if output is not None:
+                return output if return_dict else output.to_tuple()
         inputs = (pixel_values, self._read_attn_mask_probs(), patch_offsets, output_attentions, output_hidden_states)
         if self.training:
             output = self._forward(*inputs)

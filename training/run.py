@@ -13,6 +13,7 @@ kept (the last checkpoint, or the final model, which is written before the final
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from .curves import plot_training_curves
 from .data import DatasetInfo, load_source, make_eval_dataset, make_train_dataset
 from .nonfinite import parameters_are_finite
 from .resume import check_resumable, check_same_schedule, saved_model_files, write_run_settings
+from .launch import check_process_group, launch_uses_cpu
 from .settings import TASK_DEFAULTS, TrainSettings
 from .trainer import EoMTTrainer, recipe_training_arguments
 
@@ -126,6 +128,7 @@ def _check_same_classes(train_info: DatasetInfo, eval_info: DatasetInfo) -> None
 def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Validate the data, train, evaluate and write the outputs (see the module docstring); `callbacks` are added to
     the trainer's. Returns the final evaluation metrics (empty without an evaluation split)."""
+    settings = dataclasses.replace(settings, use_cpu=launch_uses_cpu(settings.use_cpu))  # several CPU processes
     output_dir = Path(settings.output_dir)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if settings.resume and last_checkpoint is None:
@@ -166,6 +169,7 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         postprocess_kwargs=None if settings.eval_threshold is None else {"threshold": settings.eval_threshold},
         max_nonfinite_steps=settings.max_nonfinite_steps,
     )
+    check_process_group(trainer.args)  # never several processes training alone into one folder
     if not settings.resume and trainer.is_world_process_zero():
         write_run_settings(settings, output_dir)
     return _train_save_evaluate(trainer, output_dir, last_checkpoint if settings.resume else None)
@@ -320,12 +324,13 @@ def evaluate(
         Path(model_path) if Path(model_path).is_dir() else Path.cwd()) / "eval_metrics.json"  # fmt: skip
     args = recipe_training_arguments(
         str(output.parent), per_device_eval_batch_size=batch_size, dataloader_num_workers=workers, report_to="none",
-        use_cpu=use_cpu, disable_tqdm=not progress,
+        use_cpu=launch_uses_cpu(use_cpu), disable_tqdm=not progress,
     )  # fmt: skip
     trainer = EoMTTrainer(
         model=model, args=args, eval_dataset=eval_dataset, processing_class=processor, mask_annealing=False,
         eval_masked_attention=masked_attention, postprocess_kwargs=None if threshold is None else {"threshold": threshold},
     )  # fmt: skip
+    check_process_group(trainer.args)
     metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class}
     if trainer.is_world_process_zero():
         write_json(output, metrics)

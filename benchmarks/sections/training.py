@@ -33,6 +33,12 @@ def random_targets(
     return masks, classes
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """`model.activation_checkpointing_enable()` (`gradient_checkpointing_enable` in older transformers 5 releases)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def build_training_loss(config: EoMTConfig) -> tuple[Callable[..., Tensor], str]:
     """The loss of the training step, `modeling_eomt.loss_eomt.MaskClassificationLoss` (Hungarian matching, point-sampled
     BCE / dice, class CE; the total only), and its name; both models get the same loss and the same targets."""
@@ -102,25 +108,29 @@ def training_setup(
     return pair, pixel_values, targets, loss, loss_name
 
 
-def step_peak_memory(which: str, memory_repeats: int, **options: Any) -> list[int]:
+def step_peak_memory(
+    which: str, memory_repeats: int, config_overrides: dict[str, Any] | None = None, **options: Any
+) -> list[int]:
     """Run in a fresh process (`run_in_fresh_process`): the peak memory of one model's training step, `which` one of
-    "ours", "reference", "ours-checkpointing"; `options` are the `STEP_OPTIONS`."""
+    "ours", "reference", "ours-checkpointing"; `options` are the `STEP_OPTIONS`, `config_overrides` the run's."""
     args = argparse.Namespace(**options)
     torch.set_num_threads(args.threads)
-    pair, pixel_values, targets, loss, _ = training_setup(args, torch.device("cpu"))
+    pair, pixel_values, targets, loss, _ = training_setup(args, torch.device("cpu"), config_overrides)
     model = pair.ours if which.startswith("ours") else pair.reference
     del pair
     if which == "ours-checkpointing":
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     step = training_step_function(model, pixel_values, targets, loss)
     step()  # creates the gradients and the AdamW moments: part of the baseline, not of the peak
     return peak_rss_delta(step, repeats=memory_repeats)
 
 
-def step_peak_memory_in_fresh_process(args: argparse.Namespace, which: str) -> list[int]:
-    """`step_peak_memory(which, ...)` for the step of `args`, in a fresh process."""
+def step_peak_memory_in_fresh_process(
+    args: argparse.Namespace, which: str, config_overrides: dict[str, Any] | None = None
+) -> list[int]:
+    """`step_peak_memory(which, ...)` for the step of `args` (and `config_overrides`), in a fresh process."""
     options = {name: getattr(args, name) for name in STEP_OPTIONS}
-    arguments = {"which": which, "memory_repeats": args.memory_repeats, **options}
+    arguments = {"which": which, "memory_repeats": args.memory_repeats, "config_overrides": config_overrides, **options}
     return run_in_fresh_process(f"{__name__}:step_peak_memory", arguments, env=MEMORY_PROBE_ENV)
 
 
@@ -146,7 +156,7 @@ def training_section(context: BenchmarkContext) -> list[Result]:
     pair, pixel_values, targets, loss, loss_name = training_setup(args, context.device, context.config_overrides)
     checkpointed = EoMTForUniversalSegmentation(pair.config).to(context.device)
     checkpointed.load_state_dict(pair.ours.state_dict())
-    checkpointed.activation_checkpointing_enable()
+    enable_activation_checkpointing(checkpointed)
     steps = {
         "ours": training_step_function(pair.ours, pixel_values, targets, loss),
         "reference": training_step_function(pair.reference, pixel_values, targets, loss),
@@ -179,7 +189,7 @@ def training_section(context: BenchmarkContext) -> list[Result]:
         note = "peak of torch.cuda.max_memory_allocated during a step above the allocation before it"
     elif Path("/proc/self/clear_refs").exists():
         del pair, checkpointed, steps  # the probes run in fresh processes
-        peaks = {name: step_peak_memory_in_fresh_process(args, name) for name in times}
+        peaks = {name: step_peak_memory_in_fresh_process(args, name, context.config_overrides) for name in times}
         note = (
             "peak RSS (VmHWM) during a step above the RSS before it, in a fresh process; weights, gradients and "
             "AdamW state excluded"

@@ -45,9 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_error(args.command, str(error))
         return RUN_ERROR_STATUS
     except Exception as error:
-        from training.data.base import SampleError
-
-        if args.debug or not isinstance(error, (InputError, ValueError, OSError, SampleError)):
+        data = sys.modules.get("training.data.base")  # a SampleError needs the data package, which needs `datasets`
+        if args.debug or not isinstance(error, (InputError, ValueError, OSError, *((data.SampleError,) if data else ()))):
             raise
         report_error(args.command, user_message(error))
         return INPUT_ERROR_STATUS

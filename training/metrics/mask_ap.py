@@ -11,16 +11,17 @@ import contextlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
 from .base import label_names
 from .distributed import all_gather_objects
+
+if TYPE_CHECKING:
+    from pycocotools.cocoeval import COCOeval
+
+# pycocotools is imported where it is used: the losses and the other metrics import this package without it.
 
 RLE = dict[str, Any]  # {"size": [H, W], "counts": str}
 _SUMMARY_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")  # order of COCOeval.stats[:6]
@@ -33,6 +34,8 @@ def encode_masks(masks: Any) -> list[RLE]:
         raise ValueError(f"masks must have shape (n, H, W), got {masks.shape}")
     if masks.dtype != np.bool_ and not np.isin(masks, (0, 1)).all():
         raise ValueError(f"masks must be binary (bool or 0/1), got dtype {masks.dtype} with other values")
+    from pycocotools import mask as mask_utils
+
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))  # wants (H, W, n)
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
@@ -73,6 +76,8 @@ def _encoded_instances(
     rles: Sequence[RLE], labels: Any, name: str, scores: Any | None = None, iscrowd: Any | None = None
 ) -> EncodedInstances:
     """Checked `EncodedInstances` for one image side, with areas and boxes computed from the RLEs."""
+    from pycocotools import mask as mask_utils
+
     rles = [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"]} for rle in rles]
     instances = EncodedInstances(
         rles=rles,
@@ -217,6 +222,9 @@ class MaskAP:
         for image_id, image in enumerate(images, start=1):
             ground_truth += _coco_annotations(image.targets, image_id, first_id=len(ground_truth) + 1)
             detections += _coco_annotations(image.predictions, image_id, first_id=len(detections) + 1)
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco_gt, coco_dt = COCO(), COCO()
             coco_gt.dataset = {**dataset, "annotations": ground_truth}
