@@ -754,7 +754,8 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         check_pixel_values(pixel_values, self.config)
         if (mask_labels is None) != (class_labels is None):
             raise ValueError("the loss needs both mask_labels and class_labels (got only one of them)")
-        if mask_labels is None and not self.training and self.static_inference is not None and not (output_attentions or output_hidden_states):
+        static = self.static_inference is not None and not (self.training or output_attentions or output_hidden_states)
+        if static and mask_labels is None:
             output = self.static_inference(pixel_values, patch_offsets)  # None where the static path does not apply
             if output is not None:
                 return output if return_dict else output.to_tuple()
