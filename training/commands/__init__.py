@@ -7,6 +7,7 @@ parser imports no torch; a command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from training.commands import benchmark, convert, demo, evaluate, export, predict, quickstart, train
