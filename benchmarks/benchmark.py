@@ -355,7 +355,7 @@ def post_processing_section(context: BenchmarkContext) -> list[Result]:
     return [
         Result(
             "post-processing",
-            f"{row['task']}, batch {row['batch_size']}",
+            f"{row['task']}, {row.get('outputs', 'random')} outputs, batch {row['batch_size']}",
             Stats.of([row["ours_ms"] / 1000]),
             Stats.of([row["transformers_ms"] / 1000]),
             Stats.of([row["ratio"]]),

@@ -5,11 +5,13 @@ predict "no object" with probability ~0.99; post-processing can then ignore thos
 tidy: its unused queries keep a few percent of class probability and masks of their own, duplicates shadow real
 objects, and objects overlap. `realistic_outputs` draws such outputs, deterministically from a seed:
 
-* `num_confident` queries per image (default 40) predict one class with probability ~0.6-0.99 and a blob-shaped mask:
-  an ellipse with a wobbly edge, logits rising with the distance inside (steep, as a trained mask head's), clipped to
-  [-20, 15]; blobs are placed independently, so they overlap;
+* `num_confident` queries per image (default 40) predict one class with probability ~0.25-0.99 (most above 0.8)
+  and a blob-shaped mask: an ellipse with a wobbly edge, logits rising with the distance inside (steep, as a trained
+  mask head's), clipped to [-20, 15]; blobs sit on a jittered grid, so they cover most of the image and overlap
+  their neighbours at the edges;
 * the other queries are unsure: "no object" with probability ~0.2-0.95 and the rest spread over the classes (best
-  class ~1-5 %), with smooth, mostly negative masks; a quarter of them are weak duplicates of a confident blob.
+  class ~0.5-13 % with 133 classes), with smooth, mostly negative masks; a quarter of them are weak, shifted
+  duplicates of a confident blob.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ def _blobs(count: int, size: tuple[int, int], generator: torch.Generator) -> Ten
     scale = min(height, width)
     rows = torch.arange(height, dtype=torch.float32)[:, None]
     cols = torch.arange(width, dtype=torch.float32)[None, :]
-    # centres on a jittered grid and sizes near the grid's pitch: the blobs cover most of the image and overlap
-    # their neighbours at the edges, as a busy scene's objects do
-    side = math.ceil(math.sqrt(count))
-    cells = torch.randperm(side * side, generator=generator)[:count]
+    # centres on a jittered grid of about `count` cells and sizes near the grid's pitch: the blobs cover most of the
+    # image, as a scene's objects and "stuff" regions do, and overlap their neighbours at the edges
+    grid_rows = max(1, round(math.sqrt(count)))
+    grid_cols = math.ceil(count / grid_rows)
+    cells = torch.randperm(grid_rows * grid_cols, generator=generator)[:count]
     jitter = torch.rand(count, 2, generator=generator) - 0.5
-    pitch = torch.tensor([height / side, width / side])
-    centres = (torch.stack([cells // side, cells % side], dim=1) + 0.5 + 0.6 * jitter) * pitch
+    pitch = torch.tensor([height / grid_rows, width / grid_cols])
+    centres = (torch.stack([cells // grid_cols, cells % grid_cols], dim=1) + 0.5 + 0.6 * jitter) * pitch
     axes = pitch.min() * (0.45 + 0.45 * torch.rand(count, 2, generator=generator))  # semi-axes in pixels
     angles = math.pi * torch.rand(count, generator=generator)
     slopes = 1.5 + 1.5 * torch.rand(count, generator=generator)
@@ -96,3 +99,40 @@ def realistic_outputs(
                 for query, blob, (dy, dx) in zip(shadows.tolist(), source.tolist(), shifts):
                     mask_logits[b, query] = 0.6 * blobs[blob].roll((dy, dx), dims=(0, 1)) - 2.0
     return class_logits, mask_logits
+
+
+def realistic_cases(batch_size: int, num_queries: int = 200, input_size: int = 640, num_classes: int = 133, seed: int = 0):
+    """(task, ours, transformers') callables on the same realistic outputs, with the geometry each side shares:
+    panoptic and instance on padded inputs of COCO-like images (as `benchmarks.postprocessing`), semantic on
+    unpadded `input_size` squares at their own size (transformers removes no padding without sliding windows)."""
+    from types import SimpleNamespace
+
+    from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil
+
+    from benchmarks.postprocessing import PANOPTIC_TARGETS, _fits_longest
+    from image_processing.post_processing import post_process_instance, post_process_panoptic, post_process_semantic
+
+    square = {"shortest_edge": input_size, "longest_edge": input_size}
+    class_logits, mask_logits = realistic_outputs(batch_size, num_queries, num_classes, (input_size // 4,) * 2, seed=seed)
+    outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits, patch_offsets=None)
+
+    padded = EomtImageProcessorPil(size=square, do_pad=True)
+    targets = [PANOPTIC_TARGETS[i % len(PANOPTIC_TARGETS)] for i in range(batch_size)]
+    geometry = {"input_size": (input_size, input_size), "valid_sizes": [_fits_longest(target, input_size) for target in targets]}
+    yield (
+        "panoptic",
+        lambda: post_process_panoptic(class_logits, mask_logits, targets, **geometry),
+        lambda: padded.post_process_panoptic_segmentation(outputs, targets, size=square),
+    )
+    yield (
+        "instance",
+        lambda: post_process_instance(class_logits, mask_logits, targets, **geometry),
+        lambda: padded.post_process_instance_segmentation(outputs, targets, size=square),
+    )
+    unpadded = EomtImageProcessorPil(size=square)
+    squares = [(input_size, input_size)] * batch_size
+    yield (
+        "semantic",
+        lambda: post_process_semantic(class_logits, mask_logits, squares, input_size=(input_size, input_size)),
+        lambda: unpadded.post_process_semantic_segmentation(outputs, squares, size=square),
+    )

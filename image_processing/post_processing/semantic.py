@@ -1,5 +1,6 @@
-"""Semantic segmentation: per-class scores summed over queries (sliding windows averaged), and their argmax computed
-from a pass over the confident queries plus an exact point-wise repair where that pass cannot decide."""
+"""Semantic segmentation: per-class scores summed over queries (sliding windows averaged), and their argmax found
+block by block from bounds on the low-resolution logits, pixel by pixel where the bounds leave a block open, and
+from the exact scores, point by point, where neither decides (docs/post_processing.md)."""
 
 from __future__ import annotations
 
@@ -19,19 +20,19 @@ from .semantic_blocks import _AxisBlocks, _image_blocks, _ImageBlocks
 # Queries whose best class probability stays below this in every view are left out of the bounds (their largest
 # possible contribution is added to the upper bounds) when at least half of the queries are.
 _KEPT_CLASS_PROB = 0.01
-# Blocks that the window bounds leave open are decided pixel by pixel from the exact mask probabilities of this many
-# queries (those whose probability varies most over the block) and bounds on the other queries ...
+# Blocks that the bounds leave open are decided pixel by pixel from the exact mask probabilities of this many queries
+# (those whose probability varies most over the block) and bounds on the other queries, for the block's winner and
+# the classes that may beat it, up to this many (the rest bounded as a whole).
 _ACTIVE_QUERIES = 16
+_CANDIDATE_CLASSES = 8
 # Above these fractions of open blocks / of pixels left to the exact repair, the full computation is cheaper.
 _MAX_OPEN_FRACTION = 0.5
 _MAX_REPAIR_FRACTION = 0.15
 # A decision needs a margin of this much (times the largest score, at least 1): it covers float32 rounding in the
 # bounds (sums of up to a few hundred non-negative terms) and in the exact scores.
 _RELATIVE_SLACK = 1e-4
-# ... for the block's classes with the highest upper bounds (this many besides the block's best lower bound).
-_CANDIDATE_CLASSES = 8
-# Window bounds are computed for this many queries at a time (cache), the pixel-level pass for this many (block,
-# query) pairs at a time (memory).
+# Window bounds are computed for this many queries at a time (so that the steps stay in cache), the pixel-level
+# pass for this many (block, query) pairs at a time (memory).
 _QUERY_CHUNK = 8
 _CHUNK_PAIRS = 1 << 17
 
@@ -125,7 +126,7 @@ def _window_probability_bounds(logits: Tensor, row_span: int, col_span: int) -> 
     num_queries, height, width = logits.shape
     shape = (num_queries, height - row_span + 1, width - col_span + 1)
     low, high = logits.new_empty(shape), logits.new_empty(shape)
-    for start in range(0, num_queries, _QUERY_CHUNK):  # a few queries at a time, so that the steps stay in cache
+    for start in range(0, num_queries, _QUERY_CHUNK):
         part = slice(start, start + _QUERY_CHUNK)
         probs = logits[part].sigmoid()
         _sliding(_sliding(probs, row_span, 1, torch.minimum), col_span, 2, torch.minimum, out=low[part])
@@ -220,26 +221,28 @@ def _take(values: Tensor, index: Tensor) -> Tensor:
     return values.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
 
 
-def _block_products(matrices: Tensor, blocks: Tensor, values: Tensor, segments: Tensor | None, left: bool) -> Tensor:
-    """Each block's matrix `M` `(X, Y)` (`matrices` `(V, NB, X, Y)`, per segment of the axis) applied to its values
-    `(N, ..., Y)` (left: `M @ values`, values `(N, Y, R)`; right: `values @ M^T`, values `(N, R, Y)`), one product per
-    block. With several segments, the product of each active query's segment is taken: `segments` `(N, A)`, the
-    values' dimension `R` ordered with `A` ahead of the rest."""
+def _block_matrices(rows: _AxisBlocks, cols: _AxisBlocks, which: str, block_rows: Tensor, block_cols: Tensor) -> list[Tensor]:
+    """Per segment of the views' axis (the other axis has one, shared), each block's 2-d bilinear weights
+    `(N, X_r * X_c, Y_r * Y_c)`: the Kronecker product of its row and column matrices (`which`: "upsample" or
+    "resize")."""
+    row_matrices, col_matrices = getattr(rows, which), getattr(cols, which)  # (V_r, NB_r, X_r, Y_r), (V_c, ...)
     products = []
-    for per_segment in matrices:
-        block_matrices = per_segment.index_select(0, blocks)  # (N, X, Y)
-        products.append(block_matrices @ values if left else values @ block_matrices.transpose(1, 2))
+    for v in range(max(row_matrices.shape[0], col_matrices.shape[0])):
+        row = row_matrices[min(v, row_matrices.shape[0] - 1)].index_select(0, block_rows)  # (N, X_r, Y_r)
+        col = col_matrices[min(v, col_matrices.shape[0] - 1)].index_select(0, block_cols)  # (N, X_c, Y_c)
+        kron = row[:, :, None, :, None] * col[:, None, :, None, :]  # (N, X_r, X_c, Y_r, Y_c)
+        products.append(kron.flatten(3).flatten(1, 2))
+    return products
+
+
+def _per_segment(matrices: list[Tensor], values: Tensor, segments: Tensor) -> Tensor:
+    """`values` `(N, A, Y)` times each block's matrix `(X, Y)` transposed: `(N, A, X)`, value `a` taking the
+    matrix of its segment `segments[n, a]` where the axis has several."""
+    products = [values @ matrix.transpose(1, 2) for matrix in matrices]
     if len(products) == 1:
         return products[0]
-    stacked = torch.stack(products)  # (V, N, ...)
-    count, num_active = segments.shape
-    if left:  # (V, N, X, A * Z)
-        per_active = stacked.view(len(products), count, -1, num_active, stacked.shape[-1] // num_active)
-        index = segments.view(1, count, 1, num_active, 1)
-    else:  # (V, N, A * R, X)
-        per_active = stacked.view(len(products), count, num_active, -1, stacked.shape[-1])
-        index = segments.view(1, count, num_active, 1, 1)
-    return per_active.gather(0, index.expand(1, *per_active.shape[1:]))[0].view(stacked.shape[1:])
+    stacked = torch.stack(products)  # (V, N, A, X)
+    return stacked.gather(0, segments[None, :, :, None].expand(1, *stacked.shape[1:]))[0]
 
 
 def _block_mask_probs(
@@ -250,28 +253,18 @@ def _block_mask_probs(
     and resized with the block's weights (those of torch's kernels), the `A` queries of a block in one product."""
     num_queries, height, width = view_logits.shape[1:]
     device = active.device
-    count, num_active = active.shape
     views = active // num_queries
-    row_segments, col_segments = (views, None) if axis == 0 else (None, views)
     row_windows = rows.windows[:, block_rows].T  # (N, V_r): the block's window in each row segment
     col_windows = cols.windows[:, block_cols].T
     row_window = row_windows.gather(1, views) if axis == 0 else row_windows[:, :1].expand_as(active)
     col_window = col_windows[:, :1].expand_as(active) if axis == 0 else col_windows.gather(1, views)
     corner = (active * height + row_window) * width + col_window  # (N, A) first logit of each window
     offsets = torch.arange(rows.span, device=device)[:, None] * width + torch.arange(cols.span, device=device)
-    windows = _take(view_logits, corner[:, :, None, None] + offsets)  # (N, A, S_r, S_c)
-    # columns first (values @ M^T on (N, A * S_r, S_c)), then rows (M @ values on (N, S_r, ...)) need a transpose
-    # of the small windows only
-    upsampled = _block_products(cols.upsample, block_cols, windows.view(count, -1, cols.span), col_segments, left=False)
-    upsampled = upsampled.view(count, num_active, rows.span, -1).transpose(1, 2).reshape(count, rows.span, -1)
-    upsampled = _block_products(rows.upsample, block_rows, upsampled, row_segments, left=True)  # (N, C_r, A * C_c)
-    mask_probs = upsampled.sigmoid_()
-    if not rows.identity:
-        mask_probs = _block_products(rows.resize, block_rows, mask_probs, row_segments, left=True)  # (N, L_r, A * C_c)
-    mask_probs = mask_probs.view(count, mask_probs.shape[1], num_active, -1).transpose(1, 2)  # (N, A, L_r, C_c)
-    if not cols.identity:
-        mask_probs = _block_products(cols.resize, block_cols, mask_probs.reshape(count, -1, mask_probs.shape[-1]), col_segments, left=False)
-    return mask_probs.reshape(count, num_active, -1)
+    windows = _take(view_logits, corner[:, :, None] + offsets.flatten())  # (N, A, S_r * S_c)
+    mask_probs = _per_segment(_block_matrices(rows, cols, "upsample", block_rows, block_cols), windows, views).sigmoid_()
+    if rows.identity and cols.identity:
+        return mask_probs
+    return _per_segment(_block_matrices(rows, cols, "resize", block_rows, block_cols), mask_probs, views)
 
 
 def _candidate_classes(low: Tensor, high: Tensor, winner: Tensor, slack: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -284,7 +277,7 @@ def _candidate_classes(low: Tensor, high: Tensor, winner: Tensor, slack: float) 
     winner = winner[:, None]
     contenders = high >= low.gather(1, winner) - slack
     contenders.scatter_(1, winner, False)
-    count = contenders.sum(1)
+    count = contenders.view(torch.uint8).sum(1, dtype=torch.int32)
     places = min(_CANDIDATE_CLASSES, int(count.max()))
     classes = torch.zeros(count_blocks, places, dtype=torch.long, device=device)
     left_out = None
@@ -295,7 +288,7 @@ def _candidate_classes(low: Tensor, high: Tensor, winner: Tensor, slack: float) 
         left_out = torch.full((count_blocks,), -math.inf, device=device).index_put_((many,), ranked.values[:, places])
         contenders[many] = False
     block, klass = contenders.nonzero().unbind(1)  # the other blocks' contenders, all of them, in class order
-    kept = contenders.sum(1)
+    kept = count.masked_fill(count > places, 0).long()
     classes[block, torch.arange(block.numel(), device=device) - (kept.cumsum(0) - kept)[block]] = klass
     classes = torch.cat([winner, classes], dim=1)
     used = torch.arange(1 + places, device=device) <= count.clamp(max=places)[:, None]
@@ -331,10 +324,11 @@ def _decide_pixels(
         rival = None if left_out is None else left_out[part, None]
         pixel_class, surely = _decide(scores + low_others[part, :, None], scores.add_(high_others[part, :, None]), slack, rival)
         pixels = block_pixels.index_select(0, blocks[part])  # (n, px), -1 past the map's edge
-        done, left = (pixels >= 0) & surely, (pixels >= 0) & ~surely
-        decided_pixels.append(pixels[done])
-        decided_classes.append(classes[part].gather(1, pixel_class)[done])
-        open_pixels.append(pixels[left])
+        done = surely & (pixels >= 0)
+        decided = done.flatten().nonzero()[:, 0]
+        decided_pixels.append(pixels.flatten()[decided])
+        decided_classes.append(classes[part].gather(1, pixel_class).flatten()[decided])
+        open_pixels.append(pixels[~surely & (pixels >= 0)])
     return torch.cat(decided_pixels), torch.cat(decided_classes), torch.cat(open_pixels)
 
 

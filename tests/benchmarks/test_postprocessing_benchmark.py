@@ -9,9 +9,12 @@ def test_benchmark_runs_and_both_sides_agree():
         warmup=0, repeats=1, threads=1, progress=False,
     )
     rows = report["results"]
-    assert [row["task"] for row in rows] == ["panoptic", "instance", "semantic"]
-    assert all(row["same_output"] and row["ours_ms"] > 0 and row["transformers_ms"] > 0 for row in rows)
-    assert "| semantic | 1 | 1 |" in markdown_table(report)
+    assert [(row["task"], row["outputs"]) for row in rows] == [
+        (task, outputs) for outputs in ("random", "realistic") for task in ("panoptic", "instance", "semantic")
+    ]
+    assert all(row["same_output"] and row["ours_ms"] > 0 and row["transformers_ms"] > 0 and row["cpu_ratio"] > 0 for row in rows)
+    table = markdown_table(report)
+    assert "| semantic | random | 1 | 1 |" in table and "| semantic | realistic | 1 | 1 |" in table
 
 
 def test_synthetic_outputs_look_trained():
