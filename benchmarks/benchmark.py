@@ -359,7 +359,7 @@ def post_processing_section(context: BenchmarkContext) -> list[Result]:
             Stats.of([row["ours_ms"] / 1000]),
             Stats.of([row["transformers_ms"] / 1000]),
             Stats.of([row["ratio"]]),
-            notes=f"medians only; same output: {'yes' if row['same_output'] else 'NO'}",
+            notes=f"medians only; CPU time ratio {row.get('cpu_ratio', float('nan')):.3f}; same output: {'yes' if row['same_output'] else 'NO'}",
         )
         for row in report["results"]
     ]

@@ -258,7 +258,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{settings['load_average_before_after'][0]:.1f} -> {settings['load_average_before_after'][1]:.1f}, "
         f"OMP_WAIT_POLICY={settings['omp_wait_policy']}; target ours / transformers <= {TARGET_RATIO}",
         "",
-        "| task | outputs | batch | threads | ours (ms) | transformers (ms) | ours / transformers | same, CPU time | same output |",
+        "| task | outputs | batch | threads | ours (ms) | transformers (ms) | ours / transformers | same in CPU time | same output |",
         "|---|---|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for row in report["results"]:
