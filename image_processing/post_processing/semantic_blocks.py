@@ -42,9 +42,9 @@ class _AxisBlocks:
     identity: bool  # whether `resize` is the identity (one segment, target size = canvas size)
 
 
-def _positive_taps(out_size: int, in_size: int) -> list[tuple[Tensor, Tensor]]:
-    """The (index, weight) taps of a bilinear resize that carry weight (a zero weight adds exactly nothing); the
-    identity when the sizes agree, as `resize_bilinear` then copies."""
+def _resize_taps(out_size: int, in_size: int) -> list[tuple[Tensor, Tensor]]:
+    """The (index, weight) taps per output index of `resize_bilinear`: the pixel itself when the sizes agree (it
+    then copies), else torch's two bilinear taps."""
     if out_size == in_size:
         return [(torch.arange(out_size), torch.ones(out_size))]
     index0, index1, weight0, weight1 = _linear_taps(out_size, in_size, torch.device("cpu"))
@@ -58,7 +58,7 @@ def _axis_blocks(
     """The blocks along one axis: `target_len` indices resized from a `canvas_len` canvas whose `segments`
     `(offset, length)` are views, each the first `length` indices of an `input_len` upsampling of `low_len` logits
     (cached: the geometry repeats from image to image)."""
-    target_taps = [(index, weight) for index, weight in _positive_taps(target_len, canvas_len)]
+    target_taps = _resize_taps(target_len, canvas_len)
     count = torch.zeros(canvas_len)  # views covering each canvas index, which the merge divides by
     for offset, length in segments:
         count[offset : offset + length] += 1
@@ -68,7 +68,8 @@ def _axis_blocks(
     num_segments = len(segments)
     first = torch.full((num_segments, target_len), low_len, dtype=torch.long)
     last = torch.full((num_segments, target_len), -1, dtype=torch.long)
-    # (target index, canvas index, weight / count) for every segment, the weights each target index takes
+    # per segment, (target index, canvas index, weight / count) of every tap with weight (a zero weight adds exactly
+    # nothing, so the indices it points to are not read)
     reads: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in segments]
     for v, (offset, length) in enumerate(segments):
         for canvas, weight in target_taps:
@@ -142,19 +143,19 @@ class _ImageBlocks:
     block_pixels: Tensor
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a few recent geometries: the pixel lists take 8 bytes per target pixel or so
 def _cached_image_blocks(
     target: Size, canvas: Size, input_size: Size, mask_size: Size, row_segments: tuple, col_segments: tuple, device: torch.device
 ) -> _ImageBlocks:
+    """`_image_blocks` for hashable arguments."""
     rows = _axis_blocks(target[0], canvas[0], input_size[0], mask_size[0], row_segments, device)
     cols = _axis_blocks(target[1], canvas[1], input_size[1], mask_size[1], col_segments, device)
     block_index = rows.block_of[:, None] * cols.starts.numel() + cols.block_of[None, :]
     # the pixels of each block, row-major within the block; -1 past the map's edge
     pixel_rows = rows.starts[:, None] + torch.arange(rows.length, device=device)  # (BY, L_r)
     pixel_cols = cols.starts[:, None] + torch.arange(cols.length, device=device)  # (BX, L_c)
-    inside = (pixel_rows < target[0])[:, None, :, None] & (pixel_cols < target[1])[None, :, None, :]
-    inside &= (torch.arange(rows.length, device=device) < rows.lengths[:, None])[:, None, :, None]
-    inside &= (torch.arange(cols.length, device=device) < cols.lengths[:, None])[None, :, None, :]
+    inside = (torch.arange(rows.length, device=device) < rows.lengths[:, None])[:, None, :, None]
+    inside = inside & (torch.arange(cols.length, device=device) < cols.lengths[:, None])[None, :, None, :]
     flat = pixel_rows[:, None, :, None] * target[1] + pixel_cols[None, :, None, :]  # (BY, BX, L_r, L_c)
     block_pixels = torch.where(inside, flat, -1).flatten(2).flatten(0, 1)  # (BY * BX, L_r * L_c)
     return _ImageBlocks(rows, cols, block_index, block_pixels)
@@ -163,7 +164,7 @@ def _cached_image_blocks(
 def _image_blocks(image: _SemanticImage, input_size: Size, mask_size: Size, device: torch.device) -> _ImageBlocks:
     """The blocks of one image (cached); segment `v` of the axis the views follow is view `v`, the other axis has one
     segment, shared by all views."""
-    (canvas_h, canvas_w) = image.canvas
+    canvas_h, canvas_w = image.canvas
     if image.axis == 0:
         row_segments = tuple((view.top, view.height) for view in image.views)
         col_segments = ((0, canvas_w),)
