@@ -12,7 +12,10 @@ def test_post_processing_section_runs_and_both_sides_agree(capsys, monkeypatch):
                  "--warmup", "0", "--threads", "1")  # fmt: skip
     results = run_benchmark(args)
     assert [result.case for result in results] == [
-        f"{task}, batch {batch}" for batch in (1, 2) for task in ("panoptic", "instance", "semantic")
+        f"{task}{outputs}, batch {batch}"
+        for outputs in ("", ", realistic outputs")
+        for batch in (1, 2)
+        for task in ("panoptic", "instance", "semantic")
     ]
     assert all(result.notes == "same output: yes" for result in results)
     assert all(result.ours.median > 0 and result.reference.median > 0 for result in results)
