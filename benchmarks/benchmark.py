@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.learning import learning_section
 from benchmarks.measure import (
     Stats,
     count_flops,
@@ -761,6 +762,11 @@ def profile_section(context: BenchmarkContext) -> list[Result]:
         )
     )
     return results
+
+
+register_section("learning", "learning on unseen data: eomt train vs a hand loop (benchmarks.learning)", in_all=False)(
+    learning_section
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

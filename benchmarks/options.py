@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.learning import add_learning_arguments
+
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark's options, shared by `python -m benchmarks.benchmark` and `eomt benchmark`."""
@@ -60,4 +62,4 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON to this file")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: the fresh memory process
-    return parser
+    return add_learning_arguments(parser)

@@ -87,6 +87,8 @@ def _train(args: argparse.Namespace) -> int:
 
     names = {item.name for item in dataclasses.fields(TrainSettings)}
     values = {name: value for name, value in vars(args).items() if name in names}
+    if args.warmup_steps is not None:
+        values["head_warmup_steps"], values["backbone_warmup_steps"] = args.warmup_steps
     settings = TrainSettings(**{**values, "model_config": dict(args.model_config)})
     metrics = train(settings)
     if _is_main_process():
@@ -114,9 +116,19 @@ def _is_main_process() -> bool:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
+    """The metrics, one per line, then the panoptic threshold sweep (`eval_pq@t`, ...) as a table."""
+    sweep: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
-        if isinstance(value, float):
+        if "@" in name:
+            metric, threshold = name.removeprefix("eval_").split("@")
+            sweep.setdefault(threshold, {})[metric] = value
+        elif isinstance(value, float):
             print(f"{name}: {value:.4g}")
+    if sweep:
+        print("class-score threshold | PQ | PQ things | PQ stuff")
+        for threshold, values in sweep.items():
+            row = [f"{values.get(key, float('nan')):.1f}" for key in ("pq", "pq_things", "pq_stuff")]
+            print(f"{threshold:>21} | " + " | ".join(row))
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -166,16 +178,12 @@ def _add_train_parser(commands) -> None:
     option("--num-queries", dest="num_queries", type=int, help="queries of a new model (200, 100 for semantic)")
     option("--num-blocks", dest="num_blocks", type=int, help="masked-attention blocks of a new model (4)")
 
-    option("--lr", dest="learning_rate", type=float, help="peak learning rate")
-    option("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay")
     option("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay")
-    option("--max-grad-norm", dest="max_grad_norm", type=float, help="gradient clipping norm")
     option("--batch-size", dest="batch_size", type=int, help="training batch size per process")
     option("--eval-batch-size", dest="eval_batch_size", type=int, help="evaluation batch size per process (= batch size)")
     option("--steps", dest="max_steps", type=int, help="optimizer steps (overrides --epochs)")
     option("--epochs", dest="epochs", type=float, help="training epochs")
-    option("--head-warmup-steps", dest="head_warmup_steps", type=int, help="warm-up of the new parameters")
-    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=int, help="warm-up of the backbone after it")
+    _add_recipe_arguments(train, defaults)
     option("--poly-power", dest="poly_power", type=float, help="power of the polynomial lr decay")
     option("--annealing-power", dest="annealing_power", type=float, help="power of the mask-annealing decay")
     option("--annealing-start-steps", dest="annealing_start_steps", type=int, nargs="+", help="per-block start steps "
@@ -198,6 +206,32 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--cpu", dest="use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     train.set_defaults(run=_train)
+
+
+def _add_recipe_arguments(train: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The recipe options of `eomt train`: unset ones are chosen by `training.recipe.choose_recipe` (printed at
+    start-up with the reasons)."""
+    recipe = train.add_argument_group("recipe", "unset options are chosen for the start point and the data, and "
+                                      "printed with the reason at start-up")  # fmt: skip
+
+    def option(*flags: str, dest: str, help: str, **kwargs: Any) -> None:
+        recipe.add_argument(*flags, dest=dest, default=defaults.get(dest), help=f"{help} (default: automatic)", **kwargs)
+
+    recipe.add_argument("--recipe", choices=("auto", "authors", "scratch"), default=defaults["recipe"],
+                        help="auto: the authors' recipe for --backbone / --checkpoint, the from-scratch one for --model "
+                        "(default: auto)")  # fmt: skip
+    option("--lr", dest="learning_rate", type=float, help="peak learning rate")
+    option("--layer-decay", dest="layer_decay", type=float, help="layer-wise lr decay (1: none)")
+    option("--max-grad-norm", dest="max_grad_norm", type=float, help="gradient clipping norm")
+    option("--warmup-steps", dest="warmup_steps", type=int, nargs=2, metavar=("HEAD", "BACKBONE"),
+           help="warm-up of the new parameters, then of the backbone")  # fmt: skip
+    option("--head-warmup-steps", dest="head_warmup_steps", type=int, help="warm-up of the new parameters")
+    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=int, help="warm-up of the backbone after it")
+    option("--augmentation-scale", dest="augmentation_scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+           help="large-scale-jitter range, relative to the scale at which an image fits the input")  # fmt: skip
+    option("--color-jitter", dest="color_jitter", action=argparse.BooleanOptionalAction, help="colour jitter")
+    option("--num-points", dest="num_points", type=int, help="points sampled per mask in the matcher and the loss")
+    option("--no-object-weight", dest="no_object_weight", type=float, help="class-loss weight of 'no object'")
 
 
 def _add_evaluate_parser(commands) -> None:

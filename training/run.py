@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from image_processing import EoMTImageProcessor
@@ -25,7 +25,9 @@ from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 
 from .annealing import MaskAnnealingCallback
 from .curves import plot_training_curves
-from .data import DatasetInfo, load_source, make_eval_dataset, make_train_dataset
+from .data import AugmentationConfig, DatasetInfo, load_source, make_eval_dataset, make_train_dataset
+from .loss import MaskClassificationLoss
+from .recipe import choose_recipe
 from .settings import TASK_DEFAULTS, TrainSettings
 from .trainer import EoMTTrainer, recipe_training_arguments
 
@@ -126,17 +128,28 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
     if settings.eval_split is not None:
         eval_dataset = make_eval_dataset(settings.data, settings.eval_split, format=settings.format, task=info.task)
         _check_same_classes(info, eval_dataset.info)
+    model = build_model(settings, info, image_size)
+    args = _training_arguments(settings, has_eval=eval_dataset is not None)
+    recipe = choose_recipe(settings, source, image_size, model.config.patch_size, *_run_length(settings, args, train_dataset))
+    if args.process_index == 0:
+        print("\n".join(recipe.describe()), flush=True)
+    args.learning_rate, args.max_grad_norm = recipe.learning_rate, recipe.max_grad_norm
+    train_dataset.augmentation = AugmentationConfig(
+        input_size=image_size, scale_range=recipe.augmentation_scale, color_jitter=recipe.color_jitter
+    )
+    losses = {"num_points": recipe.num_points, "no_object_weight": recipe.no_object_weight}
 
     trainer = EoMTTrainer(
-        model=build_model(settings, info, image_size),
-        args=_training_arguments(settings, has_eval=eval_dataset is not None),
+        model=model,
+        args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=build_processor(info, image_size, settings.checkpoint),
         callbacks=list(callbacks),
-        layer_decay=settings.layer_decay,
-        head_warmup_steps=settings.head_warmup_steps,
-        backbone_warmup_steps=settings.backbone_warmup_steps,
+        loss_fn=MaskClassificationLoss.from_config(model.config, **{k: v for k, v in losses.items() if v is not None}),
+        layer_decay=recipe.layer_decay,
+        head_warmup_steps=recipe.head_warmup_steps,
+        backbone_warmup_steps=recipe.backbone_warmup_steps,
         poly_power=settings.poly_power,
         mask_annealing=MaskAnnealingCallback(
             settings.annealing_start_steps, settings.annealing_end_steps, power=settings.annealing_power
@@ -148,7 +161,9 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
     metrics = trainer.evaluate() if eval_dataset is not None else {}
     trainer.save_model(str(output_dir))  # model + processor, by the main process
     if trainer.is_world_process_zero():
-        write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class} if metrics else {})
+        details = {"per_class": trainer.eval_per_class, "calibration": trainer.eval_calibration}
+        write_json(output_dir / "metrics.json", {**metrics, **details} if metrics else {})
+        write_json(output_dir / "recipe.json", {"name": recipe.name, "values": recipe.values, "reasons": recipe.reasons})
         write_json(output_dir / "log_history.json", trainer.state.log_history)
         plot_training_curves(trainer.state.log_history, output_dir)
     return metrics
@@ -169,13 +184,25 @@ def config_side(config: EoMTConfig) -> int:
     return int(size if isinstance(size, int) else max(size))
 
 
-def _training_arguments(settings: TrainSettings, has_eval: bool):
+def _run_length(settings: TrainSettings, args: TrainingArguments, dataset: Any) -> tuple[int, float | None]:
+    """The optimizer steps of the run (as `Trainer` counts them) and the passes over the training data they make
+    (None for a streamed data set, whose length is unknown)."""
+    if settings.max_steps is not None:
+        steps = settings.max_steps
+    else:  # epochs x optimizer steps per epoch
+        batches = math.ceil(len(dataset) / (settings.batch_size * args.world_size))
+        steps = math.ceil(settings.epochs * max(1, batches // settings.gradient_accumulation_steps))
+    if not hasattr(dataset, "__len__"):
+        return steps, None
+    return steps, steps * settings.batch_size * args.world_size * settings.gradient_accumulation_steps / len(dataset)
+
+
+def _training_arguments(settings: TrainSettings, has_eval: bool) -> TrainingArguments:
+    """`TrainingArguments` of the run; the learning rate and the clipping norm are set from the recipe after."""
     eval_steps = settings.eval_steps if has_eval else None
     return recipe_training_arguments(
         str(settings.output_dir),
-        learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size or settings.batch_size,
         max_steps=settings.max_steps if settings.max_steps is not None else -1,
@@ -243,7 +270,7 @@ def evaluate(
         model=model, args=args, eval_dataset=eval_dataset, processing_class=processor, mask_annealing=False,
         eval_masked_attention=masked_attention, postprocess_kwargs=None if threshold is None else {"threshold": threshold},
     )  # fmt: skip
-    metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class}
+    metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class, "calibration": trainer.eval_calibration}
     if trainer.is_world_process_zero():
         write_json(output, metrics)
     return metrics

@@ -40,10 +40,13 @@ def weights(directory):
 def test_train_writes_a_loadable_model_metrics_history_and_curves(panoptic_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("train", "--data", panoptic_root, "--out", out, *TINY, *FAST, "--steps", 4, "--eval-steps", 2) == 0
-    assert "eval_pq:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "eval_pq:" in printed and "training recipe: from scratch (random initialisation)" in printed
+    assert "class-score threshold | PQ | PQ things | PQ stuff\n                  0.3 | " in printed  # the sweep
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"eval_pq", "eval_sq", "eval_rq", "eval_pq_things", "eval_pq_stuff", "eval_loss"} <= set(metrics)
+    assert {"eval_pq", "eval_sq", "eval_rq", "eval_pq_things", "eval_pq_stuff", "eval_loss", "eval_pq@0.5"} <= set(metrics)
+    assert set(metrics["calibration"]) == {"threshold", "above_threshold", "best_score", "silent_things"}
     assert set(metrics["per_class"]) <= set(CLASS_NAMES) and metrics["per_class"]
     history = json.loads((out / "log_history.json").read_text())
     assert [record["step"] for record in history if "eval_pq" in record] == [2, 4, 4]  # steps 2, 4 and the final one
