@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,8 +25,6 @@ from .data.base import DatasetInfo
 from .data.pipeline import EvalDataset, StreamingDataset, collate_eval
 from .metrics import MaskAP, MeanIoU, PanopticQuality
 from .metrics.base import TensorStateMetric
-
-logger = logging.getLogger(__name__)
 
 # Inference settings of the authors' evaluation: panoptic keeps queries whose class score is above 0.8 and segments
 # that keep more than 80% of their mask after overlaps are resolved; mask AP scores every non-empty query mask (COCO
@@ -267,11 +264,11 @@ class SegmentationEvaluator:
 
 def calibration_warnings(calibration: Mapping[str, Any]) -> list[str]:
     """One message per thing class of `SegmentationEvaluator.calibration` that has no prediction above the
-    threshold."""
-    threshold = calibration["threshold"]
+    threshold (none for an empty `calibration`: not a panoptic evaluation)."""
+    threshold = calibration.get("threshold")
     return [
         f"thing class {name!r} has no prediction with a class score above the threshold {threshold:g} (best score "
         f"{calibration['best_score'][name]:.2f} or less), so its PQ is 0 at this threshold; see pq@... for lower "
         "thresholds, or train longer"
-        for name in calibration["silent_things"]
+        for name in calibration.get("silent_things", ())
     ]

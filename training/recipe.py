@@ -16,10 +16,10 @@ holds, measured on a sample of its training images at the scale at which they fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import numpy as np
 
 from .data.base import DatasetInfo, SegmentationSource
@@ -51,8 +51,6 @@ class DataStatistics:
 def data_statistics(source: SegmentationSource, input_size: int, max_images: int = SAMPLE_IMAGES) -> DataStatistics | None:
     """`DataStatistics` of up to `max_images` training images spread over `source`; None for a streamed source or one
     without segments."""
-    import datasets
-
     if isinstance(source.records, datasets.IterableDataset) or len(source) == 0:
         return None
     indices = np.unique(np.linspace(0, len(source) - 1, min(max_images, len(source))).round().astype(int))
@@ -180,7 +178,3 @@ def choose_recipe(
         values[key] = given if given is not None else value
         reasons[key] = "given" if given is not None else why[key]
     return TrainingRecipe(name, values, reasons)
-
-
-def format_steps(steps: Sequence[int]) -> str:
-    return "/".join(str(step) for step in steps)

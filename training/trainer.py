@@ -92,8 +92,8 @@ class EoMTTrainer(Trainer):
       `eval_pq@t` (+ `_things` / `_stuff`) for the thresholds `t` of `training.evaluation.SWEEP_THRESHOLDS` and the
       post-processing's own, from the same forward passes. Per-class results of the last evaluation are kept in
       `eval_per_class`, the class-score calibration (`SegmentationEvaluator.calibration`) in `eval_calibration`; a
-      thing class without any prediction above the threshold is named in a warning. Other eval data sets (`pixel_values` + targets)
-      get `Trainer`'s loop and only `eval_loss`.
+      thing class without any prediction above the threshold is named in a warning. Other eval data sets
+      (`pixel_values` + targets) get `Trainer`'s loop and only `eval_loss`.
 
     Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `training.loss`).
 
@@ -302,7 +302,7 @@ class EoMTTrainer(Trainer):
         self.eval_per_class = next((results.pop(key) for key in list(results) if key.startswith("per_class")), {})
         self.eval_calibration = results.pop("calibration", {})
         if self.is_world_process_zero():
-            for message in calibration_warnings(self.eval_calibration) if self.eval_calibration else ():
+            for message in calibration_warnings(self.eval_calibration):
                 logger.warning(message)
         if loss_rows > 0:
             results["loss"] = loss_sum / loss_rows
