@@ -263,8 +263,7 @@ def run_set(name: str, options: LearningOptions, out: Path, device: str = "cpu",
     from training.data.synthetic_sets import SCENE_SETS
 
     data, size = write_set(out / "data", name, options)
-    result: dict[str, Any] = {"set": name, "description": SCENE_SETS[name].resized(size).description, "image_size": size,
-                              "runs": {}}  # fmt: skip
+    result: dict[str, Any] = {"set": name, "description": SCENE_SETS[name].description, "image_size": size, "runs": {}}
     for run in runs:
         print(f"== set {name}: {run}", file=sys.stderr, flush=True)
         started = cpu_seconds()
@@ -375,9 +374,10 @@ def learning_section(context: Any) -> list:
         ours, hand = result["runs"]["eomt train"], result["runs"]["hand loop"]
         notes = (f"PQ {ours['pq']:.1f} vs {hand['pq']:.1f}, things {ours['pq_things']:.1f} vs {hand['pq_things']:.1f} "
                  f"(threshold {DEFAULT_THRESHOLD}; {options.steps} steps; eomt train vs hand loop)")  # fmt: skip
+        seconds = ours["train_seconds"], hand["train_seconds"]
         rows.append(Result(
-            "learning", f"set {result['set']}: {result['description']}", Stats.of([ours["train_seconds"]]),
-            Stats.of([hand["train_seconds"]]), Stats.of([ours["train_seconds"] / hand["train_seconds"]]), notes=notes,
+            "learning", f"set {result['set']} ({result['image_size']} px): {result['description']}",
+            Stats.of([seconds[0]]), Stats.of([seconds[1]]), Stats.of([seconds[0] / seconds[1]]), notes=notes,
             extra={"learning": {run: {k: v for k, v in m.items() if k != "recipe"} for run, m in result["runs"].items()}},
         ))  # fmt: skip
     return rows

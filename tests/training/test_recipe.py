@@ -42,9 +42,14 @@ def test_random_weights_get_the_from_scratch_recipe_and_a_pretrained_start_the_a
     assert scratch.reasons["head_warmup_steps"] == "5% of the 400 steps"
 
     pretrained = TrainSettings(data=str(scene_set), output_dir=str(tmp_path), checkpoint="some/eomt")
-    authors = choose_recipe(pretrained, source, 48, 8, total_steps=400)
+    authors = choose_recipe(pretrained, source, 48, 8, total_steps=10000)
     assert authors.name == "the authors' (a checkpoint)"
     assert {key: authors.values[key] for key in AUTHORS} == AUTHORS
+    # A run too short for the authors' 500 + 1000 warm-up steps gets them shortened to a quarter of it, in proportion.
+    short_run = choose_recipe(pretrained, source, 48, 8, total_steps=1200)
+    assert (short_run.head_warmup_steps, short_run.backbone_warmup_steps) == (100, 200)
+    assert short_run.reasons["backbone_warmup_steps"].startswith("the authors' 1000, shortened with the other warm-up")
+    assert short_run.learning_rate == 1e-4 and short_run.layer_decay == 0.8
     forced = choose_recipe(settings(scene_set, tmp_path, recipe="authors"), source, 48, 8, total_steps=400)
     assert forced.name == "the authors' (--recipe authors)" and forced.layer_decay == 0.8
     # The data set's small things raise the zoom-out limit of both recipes, the from-scratch one more.

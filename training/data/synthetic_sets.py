@@ -94,17 +94,17 @@ class SceneSet:
 SCENE_SETS: dict[str, SceneSet] = {
     "A": SceneSet(
         "A", 128, things=("star", "ring", "hexagon"), stuff=("sand", "checker", "stripes"), things_per_image=(1, 5),
-        thing_radius=(0.08, 0.2), description="128 px, 3 thing + 3 stuff classes, medium things",
+        thing_radius=(0.08, 0.2), description="3 thing + 3 stuff classes, medium things",
     ),
     "B": SceneSet(
         "B", 96, things=("star", "ring", "hexagon", "crescent", "diamond", "arrow"), stuff=("plasma", "dots"),
         things_per_image=(4, 12), thing_radius=(0.05, 0.1), stuff_regions=(2, 4), hue_jitter=0.12, noise=8.0,
-        void_scribbles=0.3, description="96 px, 6 thing + 2 stuff classes, many small things, void scribbles",
+        void_scribbles=0.3, description="6 thing + 2 stuff classes, many small things, void scribbles",
     ),
     "C": SceneSet(
         "C", 256, things=("blob", "crescent"), stuff=("marble", "gravel", "waves", "checker", "sand"),
         things_per_image=(1, 3), thing_radius=(0.16, 0.32), stuff_regions=(4, 8), striped_things=0.5, noise=5.0,
-        description="256 px, 2 thing + 5 stuff classes, few large (often striped) things",
+        description="2 thing + 5 stuff classes, few large (often striped) things",
     ),
 }  # fmt: skip
 
