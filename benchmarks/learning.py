@@ -72,7 +72,7 @@ class LearningOptions:
 
 PRESETS = {
     "issue": LearningOptions(),
-    # 2 CPU cores: about 4 minutes per set and run at 128 px (set C is rendered at 128 px).
+    # 2 CPU cores: 5-8 CPU minutes per set and run (set C is rendered at 128 px).
     "cpu": LearningOptions(train_images=600, val_images=60, steps=500, hidden_size=96, max_image_size=128),
     "ci": LearningOptions(train_images=8, val_images=3, steps=2, batch_size=2, hidden_size=32, layers=2, heads=2,
                           queries=6, blocks=1, image_size=32, num_points=64, hand_num_points=64, hand_warmup=1,
