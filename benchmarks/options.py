@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmarks.learning import add_learning_arguments
+
 
 def choice_list(*allowed: str):
     """An argparse type: a comma-separated list of some of `allowed`."""
@@ -146,4 +148,4 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         "--profile-rows", type=int, default=12, help="operators listed by the profile section (default 12)"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON to this file")
-    return parser
+    return add_learning_arguments(parser)

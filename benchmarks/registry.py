@@ -33,6 +33,7 @@ SECTION_MODULES = (
     "predict",
     "data_loading",
     "eval_memory",
+    "learning",
 )
 
 

@@ -15,6 +15,7 @@ import copy
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from datasets.distributed import split_dataset_by_node
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
@@ -23,12 +24,16 @@ from .annealing import unwrap_model
 from .data.base import DatasetInfo
 from .data.pipeline import EvalDataset, StreamingDataset, collate_eval
 from .metrics import MaskAP, MeanIoU, PanopticQuality
+from .metrics.base import TensorStateMetric
 
 # Inference settings of the authors' evaluation: panoptic keeps queries whose class score is above 0.8 and segments
 # that keep more than 80% of their mask after overlaps are resolved; mask AP scores every non-empty query mask (COCO
 # keeps the 100 best per image).
 PANOPTIC_POSTPROCESS = {"threshold": 0.8, "overlap_mask_area_threshold": 0.8}
 INSTANCE_POSTPROCESS = {"threshold": 0.0}
+# Class-score thresholds at which panoptic evaluation also reports PQ (`pq@0.5`, ...), from the same forward passes:
+# how far the PQ at the default threshold depends on the calibration of the class scores.
+SWEEP_THRESHOLDS = (0.3, 0.5, 0.7, 0.8)
 
 
 def is_evaluation_dataset(dataset: Any) -> bool:
@@ -76,11 +81,57 @@ def inference_attention(model: nn.Module, masked: bool = False) -> Iterator[None
     attention in every masked block (all 1); the probabilities are restored afterwards."""
     model = unwrap_model(model)
     saved = model.attn_mask_probs.detach().clone()
-    model.set_attn_mask_probs(1.0 if masked else 0.0)
+    _set_attn_mask_probs(model, 1.0 if masked else 0.0)
     try:
         yield
     finally:
-        model.set_attn_mask_probs(saved)
+        _set_attn_mask_probs(model, saved)
+
+
+def _set_attn_mask_probs(model: nn.Module, probs: float | Tensor) -> None:
+    """Ours through its setter; transformers' `EomtForUniversalSegmentation` (the benchmarks' reference) has only the
+    buffer."""
+    if hasattr(model, "set_attn_mask_probs"):
+        model.set_attn_mask_probs(probs)
+    else:
+        with torch.no_grad():
+            model.attn_mask_probs.copy_(torch.as_tensor(probs, dtype=model.attn_mask_probs.dtype))
+
+
+class ClassScores(TensorStateMetric):
+    """How confident the predictions of each class are: over all queries of all images, the queries whose best class
+    (the argmax, "no object" included) is class `c`, counted by score in `bins` equal bins of [0, 1] and above
+    `threshold`. Sums over processes like the metrics."""
+
+    _state_names = ("histogram", "above_threshold")
+
+    def __init__(self, num_labels: int, threshold: float, bins: int = 20) -> None:
+        self.num_labels, self.threshold, self.bins = num_labels, float(threshold), bins
+        self.reset()
+
+    def _empty_state(self) -> dict[str, Tensor]:
+        return {
+            "histogram": torch.zeros(self.num_labels, self.bins, dtype=torch.long),
+            "above_threshold": torch.zeros(self.num_labels, dtype=torch.long),
+        }
+
+    def update(self, class_queries_logits: Tensor) -> None:
+        """Add a batch of class logits `(B, Q, num_labels + 1)`."""
+        scores, labels = class_queries_logits.float().softmax(-1).max(-1)  # (B, Q)
+        scores, labels = scores.flatten().cpu(), labels.flatten().cpu()
+        real = labels < self.num_labels
+        scores, labels = scores[real], labels[real]
+        bins = (scores * self.bins).long().clamp(max=self.bins - 1)
+        self.histogram.view(-1).index_add_(0, labels * self.bins + bins, torch.ones_like(labels))
+        self.above_threshold.index_add_(0, labels, (scores > self.threshold).long())
+
+    def compute(self) -> dict[str, Any]:
+        """Per class: `above_threshold` (queries predicting it with a score above the threshold) and `best_score`
+        (the upper edge of the highest non-empty bin; 0 when no query predicts the class)."""
+        state = self.reduced_state()
+        filled = state["histogram"] > 0
+        top = torch.where(filled, torch.arange(1, self.bins + 1), 0).amax(1)
+        return {"above_threshold": state["above_threshold"].tolist(), "best_score": (top / self.bins).tolist()}
 
 
 class SegmentationEvaluator:
@@ -92,19 +143,35 @@ class SegmentationEvaluator:
             windows in semantic segmentation).
         postprocess_kwargs: extra arguments of the processor's post-processing (defaults: the authors'
             `PANOPTIC_POSTPROCESS` / `INSTANCE_POSTPROCESS`).
+        sweep_thresholds: panoptic: the class-score thresholds at which PQ is also computed (post-processing the
+            same outputs again; no extra forward pass).
 
-    Metrics (percent): panoptic `pq`, `sq`, `rq` and their `_things` / `_stuff` averages; instance `ap`, `ap50`, `ap75`,
-    `ap_small`, `ap_medium`, `ap_large`; semantic `miou` and `pixel_accuracy`.
+    Metrics (percent): panoptic `pq`, `sq`, `rq` and their `_things` / `_stuff` averages at the threshold, and
+    `pq@t`, `pq_things@t`, `pq_stuff@t` for every `t` of the sweep and the threshold itself; instance `ap`, `ap50`,
+    `ap75`, `ap_small`, `ap_medium`, `ap_large`; semantic `miou` and `pixel_accuracy`.
     """
 
-    def __init__(self, info: DatasetInfo, processor: Any, postprocess_kwargs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: DatasetInfo,
+        processor: Any,
+        postprocess_kwargs: Mapping[str, Any] | None = None,
+        sweep_thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+    ) -> None:
         self.info, self.processor = info, processor
         self.task = info.task
         defaults = {"panoptic": PANOPTIC_POSTPROCESS, "instance": INSTANCE_POSTPROCESS, "semantic": {}}[self.task]
         self.postprocess_kwargs = {**defaults, **(postprocess_kwargs or {})}
+        self.sweep: dict[float, PanopticQuality] = {}
         if self.task == "panoptic":
             self.postprocess_kwargs.setdefault("stuff_classes", list(info.stuff_ids))
             self.metric = PanopticQuality(info.num_labels, info.thing_ids, info.id2label)
+            self.threshold = float(self.postprocess_kwargs["threshold"])
+            self.sweep = {
+                float(t): PanopticQuality(info.num_labels, info.thing_ids, info.id2label)
+                for t in sorted(set(sweep_thresholds)) if float(t) != self.threshold
+            }  # fmt: skip
+            self.class_scores = ClassScores(info.num_labels, self.threshold)
         elif self.task == "instance":
             self.metric = MaskAP(info.num_labels, info.id2label)
         else:
@@ -112,6 +179,20 @@ class SegmentationEvaluator:
 
     def reset(self) -> None:
         self.metric.reset()
+        for metric in self.sweep.values():
+            metric.reset()
+        if self.task == "panoptic":
+            self.class_scores.reset()
+
+    def add(self, outputs: Mapping[str, Any], original_sizes: Tensor, examples: Mapping[str, Sequence[Any]]) -> None:
+        """Post-process the model `outputs` of a batch of evaluation `examples` and add them to the metric; panoptic:
+        also to the metric of every sweep threshold, and the class scores to `class_scores`."""
+        self.update(self.postprocess(outputs, original_sizes), examples)
+        if self.task != "panoptic":
+            return
+        self.class_scores.update(outputs["class_queries_logits"])
+        for threshold, metric in self.sweep.items():
+            self.update(self.postprocess(outputs, original_sizes, threshold=threshold), examples, metric)
 
     def preprocess(self, examples: Mapping[str, Sequence[Any]], with_targets: bool) -> dict[str, Any]:
         """Model inputs of a batch of evaluation examples: `pixel_values (N, 3, S, S)` (N = images, or windows),
@@ -125,23 +206,25 @@ class SegmentationEvaluator:
             inputs["class_labels"] = [labels[k] for labels, k in zip(inputs["class_labels"], keep)]
         return inputs
 
-    def postprocess(self, outputs: Mapping[str, Any], original_sizes: Tensor) -> list[Any]:
+    def postprocess(self, outputs: Mapping[str, Any], original_sizes: Tensor, **overrides: Any) -> list[Any]:
         """Predictions at the original image sizes: panoptic / instance `{"segmentation", "segments_info"}` (instance
-        with `(I, H, W)` binary masks), semantic `(H, W)` class maps."""
+        with `(I, H, W)` binary masks), semantic `(H, W)` class maps. `overrides` replace post-processing arguments."""
         sizes = original_sizes.tolist()
+        kwargs = {**self.postprocess_kwargs, **overrides}
         if self.task == "panoptic":
-            return self.processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes, **self.postprocess_kwargs)
+            return self.processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes, **kwargs)
         if self.task == "instance":
             return self.processor.post_process_instance_segmentation(
-                outputs, target_sizes=sizes, return_binary_maps=True, **self.postprocess_kwargs
+                outputs, target_sizes=sizes, return_binary_maps=True, **kwargs
             )
-        return self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, **self.postprocess_kwargs)
+        return self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes, **kwargs)
 
-    def update(self, predictions: Sequence[Any], examples: Mapping[str, Sequence[Any]]) -> None:
-        """Add the post-processed `predictions` of a batch of evaluation `examples` to the metric."""
+    def update(self, predictions: Sequence[Any], examples: Mapping[str, Sequence[Any]], metric: Any = None) -> None:
+        """Add the post-processed `predictions` of a batch of evaluation `examples` to the metric (or to `metric`)."""
+        metric = self.metric if metric is None else metric
         for index, prediction in enumerate(predictions):
             if self.task == "panoptic":
-                self.metric.update(
+                metric.update(
                     prediction["segmentation"],
                     prediction["segments_info"],
                     examples["segmentation"][index],
@@ -151,16 +234,49 @@ class SegmentationEvaluator:
                 target = examples["target"][index]
                 scores = [segment["score"] for segment in prediction["segments_info"]]
                 labels = [segment["label_id"] for segment in prediction["segments_info"]]
-                self.metric.update(
-                    prediction["segmentation"], scores, labels, target.masks, target.labels, target.is_crowd
-                )
+                metric.update(prediction["segmentation"], scores, labels, target.masks, target.labels, target.is_crowd)
             else:
-                self.metric.update(prediction, examples["semantic_map"][index])
+                metric.update(prediction, examples["semantic_map"][index])
 
     def compute(self, per_class: bool = False) -> dict[str, Any]:
-        """The metrics over every image seen by every process (call on all processes when distributed)."""
+        """The metrics over every image seen by every process (call on all processes when distributed). Panoptic
+        results also hold `calibration` (see `calibration`)."""
         results = self.metric.compute(per_class=per_class)
         if self.task == "semantic":
             results["miou"] = results.pop("mean_iou")
+        if self.task == "panoptic":
+            sweep = {threshold: metric.compute() for threshold, metric in self.sweep.items()}
+            sweep[self.threshold] = results
+            for threshold in sorted(sweep):
+                for name in ("pq", "pq_things", "pq_stuff"):
+                    results[f"{name}@{threshold:g}"] = sweep[threshold][name]
+            results["calibration"] = self.calibration()
         return results
 
+    def calibration(self) -> dict[str, Any]:
+        """Panoptic: the threshold, per class the queries predicting it above the threshold and the best score
+        (`ClassScores`), and `silent_things`, the thing classes that no query predicts above the threshold although
+        the ground truth holds them (their PQ is 0 at this threshold, whatever the masks)."""
+        scores = self.class_scores.compute()
+        names = self.metric.label_names
+        state = self.metric.reduced_state()
+        present = (state["true_positives"] + state["false_negatives"]) > 0
+        silent = [names[label] for label in self.info.thing_ids if present[label] and scores["above_threshold"][label] == 0]
+        return {
+            "threshold": self.threshold,
+            "above_threshold": dict(zip(names, scores["above_threshold"])),
+            "best_score": dict(zip(names, scores["best_score"])),
+            "silent_things": silent,
+        }
+
+
+def calibration_warnings(calibration: Mapping[str, Any]) -> list[str]:
+    """One message per thing class of `SegmentationEvaluator.calibration` that has no prediction above the
+    threshold (none for an empty `calibration`: not a panoptic evaluation)."""
+    threshold = calibration.get("threshold")
+    return [
+        f"thing class {name!r} has no prediction with a class score above the threshold {threshold:g} (best score "
+        f"{calibration['best_score'][name]:.2f} or less), so its PQ is 0 at this threshold; see pq@... for lower "
+        "thresholds, or train longer"
+        for name in calibration.get("silent_things", ())
+    ]

@@ -23,22 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from image_processing import EoMTImageProcessor
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
-
 from modeling_eomt.checkpoints.io import write_text_atomically
 from modeling_eomt.checkpoints.loading import check_finite
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 
 from .annealing import MaskAnnealingCallback
 from .commands.arguments import RunError, user_message
 from .curves import plot_training_curves
-from .data import DatasetInfo, load_source, make_eval_dataset, make_train_dataset
-from .nonfinite import parameters_are_finite
-from .resume import check_resumable, check_same_schedule, saved_model_files, write_run_settings
+from .data import AugmentationConfig, DatasetInfo, load_source, make_eval_dataset, make_train_dataset
 from .launch import check_process_group, launch_uses_cpu
+from .nonfinite import parameters_are_finite
+from .recipe import choose_recipe
+from .resume import check_resumable, check_same_schedule, saved_model_files, write_run_settings
 from .settings import TASK_DEFAULTS, TrainSettings
 from .trainer import EoMTTrainer, recipe_training_arguments
 
@@ -148,19 +149,28 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         eval_dataset = make_eval_dataset(settings.data, settings.eval_split, format=settings.format, task=info.task,
                                          validate=validate, **settings.hub_options)  # fmt: skip
         _check_same_classes(info, eval_dataset.info)
-
     model = build_model(settings, info, image_size)
+    args = _training_arguments(settings, has_eval=eval_dataset is not None)
+    recipe = choose_recipe(settings, source, image_size, model.config.patch_size, *_run_length(settings, args, train_dataset))
+    if args.process_index == 0:
+        print("\n".join(recipe.describe()), flush=True)
+    args.learning_rate, args.max_grad_norm = recipe.learning_rate, recipe.max_grad_norm
+    train_dataset.augmentation = AugmentationConfig(
+        input_size=image_size, scale_range=recipe.augmentation_scale, color_jitter=recipe.color_jitter
+    )
+    losses = {"num_points": recipe.num_points, "no_object_weight": recipe.no_object_weight}
     record_provenance(model, settings, info)
     trainer = EoMTTrainer(
         model=model,
-        args=_training_arguments(settings, has_eval=eval_dataset is not None),
+        args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=build_processor(info, image_size, settings.checkpoint),
         callbacks=list(callbacks),
-        layer_decay=settings.layer_decay,
-        head_warmup_steps=settings.head_warmup_steps,
-        backbone_warmup_steps=settings.backbone_warmup_steps,
+        loss_fn=MaskClassificationLoss.from_config(model.config, **{k: v for k, v in losses.items() if v is not None}),
+        layer_decay=recipe.layer_decay,
+        head_warmup_steps=recipe.head_warmup_steps,
+        backbone_warmup_steps=recipe.backbone_warmup_steps,
         poly_power=settings.poly_power,
         mask_annealing=MaskAnnealingCallback(
             settings.annealing_start_steps, settings.annealing_end_steps, power=settings.annealing_power
@@ -170,8 +180,10 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         max_nonfinite_steps=settings.max_nonfinite_steps,
     )
     check_process_group(trainer.args)  # never several processes training alone into one folder
-    if not settings.resume and trainer.is_world_process_zero():
-        write_run_settings(settings, output_dir)
+    if trainer.is_world_process_zero():
+        write_json(output_dir / "recipe.json", {"name": recipe.name, "values": recipe.values, "reasons": recipe.reasons})
+        if not settings.resume:
+            write_run_settings(settings, output_dir)
     return _train_save_evaluate(trainer, output_dir, last_checkpoint if settings.resume else None)
 
 
@@ -218,7 +230,8 @@ def _write_outputs(trainer: EoMTTrainer, output_dir: Path, metrics: dict[str, An
     """`metrics.json` (unless `metrics` is None: no final evaluation to report), `log_history.json` and the curves."""
     if trainer.is_world_process_zero():
         if metrics is not None:
-            write_json(output_dir / "metrics.json", {**metrics, "per_class": trainer.eval_per_class} if metrics else {})
+            details = {"per_class": trainer.eval_per_class, "calibration": trainer.eval_calibration}
+            write_json(output_dir / "metrics.json", {**metrics, **details} if metrics else {})
         write_json(output_dir / "log_history.json", trainer.state.log_history)
         plot_training_curves(trainer.state.log_history, output_dir)
 
@@ -253,13 +266,25 @@ def config_side(config: EoMTConfig) -> int:
     return int(size if isinstance(size, int) else max(size))
 
 
-def _training_arguments(settings: TrainSettings, has_eval: bool):
+def _run_length(settings: TrainSettings, args: TrainingArguments, dataset: Any) -> tuple[int, float | None]:
+    """The optimizer steps of the run (as `Trainer` counts them) and the passes over the training data they make
+    (None for a streamed data set, whose length is unknown)."""
+    if settings.max_steps is not None:
+        steps = settings.max_steps
+    else:  # epochs x optimizer steps per epoch
+        batches = math.ceil(len(dataset) / (settings.batch_size * args.world_size))
+        steps = math.ceil(settings.epochs * max(1, batches // settings.gradient_accumulation_steps))
+    if not hasattr(dataset, "__len__"):
+        return steps, None
+    return steps, steps * settings.batch_size * args.world_size * settings.gradient_accumulation_steps / len(dataset)
+
+
+def _training_arguments(settings: TrainSettings, has_eval: bool) -> TrainingArguments:
+    """`TrainingArguments` of the run; the learning rate and the clipping norm are set from the recipe after."""
     eval_steps = settings.eval_steps if has_eval else None
     return recipe_training_arguments(
         str(settings.output_dir),
-        learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size or settings.batch_size,
         max_steps=settings.max_steps if settings.max_steps is not None else -1,
@@ -331,7 +356,7 @@ def evaluate(
         eval_masked_attention=masked_attention, postprocess_kwargs=None if threshold is None else {"threshold": threshold},
     )  # fmt: skip
     check_process_group(trainer.args)
-    metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class}
+    metrics = {**trainer.evaluate(), "per_class": trainer.eval_per_class, "calibration": trainer.eval_calibration}
     if trainer.is_world_process_zero():
         write_json(output, metrics)
     return metrics

@@ -12,10 +12,16 @@ TASK_DEFAULTS = {
     "semantic": {"image_size": 512, "num_queries": 100},
 }
 
+# `auto`: the authors' recipe for a pre-trained start (--backbone, --checkpoint), the from-scratch one for --model.
+RECIPES = ("auto", "authors", "scratch")
+
 
 @dataclass
 class TrainSettings:
-    """Everything `eomt train` can set; the defaults are the authors' recipe.
+    """Everything `eomt train` can set. Recipe fields left at None are chosen by `training.recipe.choose_recipe` for
+    the start point (a pre-trained `backbone` or a `checkpoint`: the authors' recipe; random weights: a from-scratch
+    recipe) and the data (the augmentation scale from its image and object sizes); `eomt train` prints what it chose
+    and why.
 
     Data: `data` (a folder in one of the layouts of `training.data.load_source`, or with `format="hub"` a `datasets`
     data set name or folder), `format` and `task` (detected when None), `train_split`, `eval_split` (None: no
@@ -26,7 +32,10 @@ class TrainSettings:
     classes than the data set, `reinitialize_heads` must be set). `model_config` overrides `EoMTConfig` fields of new
     models; `image_size` (default: the checkpoint's, else 640 / 512 for semantic), `num_queries` (200 / 100) and
     `num_blocks` (4) apply to new models (`image_size` also to the training crops and the processor).
-    Recipe: see `EoMTTrainer` and `recipe_training_arguments`; `max_steps` wins over `epochs`; `annealing_*` as in
+    Recipe: `recipe` (`auto`: by start point, `authors` or `scratch` to force one); `learning_rate`, `layer_decay`,
+    `max_grad_norm`, `head_warmup_steps`, `backbone_warmup_steps` (see `EoMTTrainer`), `augmentation_scale` (the
+    large-scale-jitter range) and `color_jitter` (see `AugmentationConfig`), `num_points` and `no_object_weight` (see
+    `MaskClassificationLoss`; None: the model config's); `max_steps` wins over `epochs`; `annealing_*` as in
     `MaskAnnealingCallback` (None: the paper's schedule over the run).
     Evaluation: `eval_masked_attention` (see `EoMTTrainer`), `eval_threshold` (class-score threshold of panoptic /
     instance post-processing; None: the authors' 0.8 / 0).
@@ -52,16 +61,21 @@ class TrainSettings:
     image_size: int | None = None
     num_queries: int | None = None
     num_blocks: int | None = None
-    learning_rate: float = 1e-4
-    layer_decay: float = 0.8
+    recipe: str = "auto"
+    learning_rate: float | None = None
+    layer_decay: float | None = None
     weight_decay: float = 0.05
-    max_grad_norm: float = 0.01
+    max_grad_norm: float | None = None
+    augmentation_scale: tuple[float, float] | None = None
+    color_jitter: bool | None = None
+    num_points: int | None = None
+    no_object_weight: float | None = None
     batch_size: int = 16
     eval_batch_size: int | None = None
     max_steps: int | None = None
     epochs: float = 12.0
-    head_warmup_steps: int = 500
-    backbone_warmup_steps: int = 1000
+    head_warmup_steps: int | None = None
+    backbone_warmup_steps: int | None = None
     poly_power: float = 0.9
     annealing_power: float = 0.9
     annealing_start_steps: list[int] | None = None
@@ -92,6 +106,15 @@ class TrainSettings:
                 "choose the model with exactly one of --model (size preset S/B/L/g), --backbone (DINOv2/DINOv3 "
                 f"checkpoint) or --checkpoint (EoMT checkpoint); got {sources or 'none'}"
             )
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.augmentation_scale is not None:
+            self.augmentation_scale = tuple(float(value) for value in self.augmentation_scale)
+            low, high = self.augmentation_scale
+            if not 0 < low <= high:
+                raise ValueError(f"--augmentation-scale needs 0 < MIN <= MAX, got {low:g} {high:g}")
+        if self.num_points is not None and self.num_points < 1:
+            raise ValueError(f"--num-points must be positive, got {self.num_points}")
         if self.checkpoint is not None and (self.model_config or self.num_queries or self.num_blocks):
             raise ValueError("--model-config, --num-queries and --num-blocks shape new models; a --checkpoint keeps "
                              "its own")  # fmt: skip

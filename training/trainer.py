@@ -18,7 +18,13 @@ from modeling_eomt.loss_eomt import MaskClassificationLoss
 
 from .annealing import MaskAnnealingCallback, unwrap_model
 from .data.pipeline import EpochCallback
-from .evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention, is_evaluation_dataset
+from .evaluation import (
+    SegmentationEvaluator,
+    calibration_warnings,
+    evaluation_dataloader,
+    inference_attention,
+    is_evaluation_dataset,
+)
 from .metrics.distributed import all_reduce_sum, is_distributed
 from .nonfinite import NonFiniteGuard
 from .optim import layer_decay_parameter_groups, two_stage_warmup_poly_schedule
@@ -85,9 +91,12 @@ class EoMTTrainer(Trainer):
       model runs mask-free, the predictions are post-processed to the original sizes and added to the task's metric
       (PQ, mask AP or mIoU); nothing is accumulated but the metric's state. `evaluate()` returns `eval_pq`, `eval_sq`,
       `eval_rq` (+ `_things` / `_stuff`), `eval_ap*` or `eval_miou` / `eval_pixel_accuracy`, reduced over processes,
-      and `eval_loss` (the final prediction's loss on the non-crowd targets at the input resolution). Per-class
-      results of the last evaluation are kept in `eval_per_class`. Other eval data sets (`pixel_values` + targets)
-      get `Trainer`'s loop and only `eval_loss`.
+      and `eval_loss` (the final prediction's loss on the non-crowd targets at the input resolution); panoptic also
+      `eval_pq@t` (+ `_things` / `_stuff`) for the thresholds `t` of `training.evaluation.SWEEP_THRESHOLDS` and the
+      post-processing's own, from the same forward passes. Per-class results of the last evaluation are kept in
+      `eval_per_class`, the class-score calibration (`SegmentationEvaluator.calibration`) in `eval_calibration`; a
+      thing class without any prediction above the threshold is named in a warning. Other eval data sets
+      (`pixel_values` + targets) get `Trainer`'s loop and only `eval_loss`.
 
     Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `modeling_eomt.loss_eomt`).
 
@@ -164,6 +173,7 @@ class EoMTTrainer(Trainer):
         self.postprocess_kwargs = postprocess_kwargs
         self.eval_per_class: dict[str, Any] = {}
         self.last_eval_metrics: dict[str, float] = {}  # the last streaming evaluation's, for the model card
+        self.eval_calibration: dict[str, Any] = {}
         self.label_names = list(TARGET_KEYS)  # kept by `remove_unused_columns`; eval computes `eval_loss`
         self._install_annealing(mask_annealing)
         self._install_epoch_callback(train_dataset)
@@ -309,6 +319,10 @@ class EoMTTrainer(Trainer):
         num_images, loss_sum, loss_rows = all_reduce_sum([totals])[0].tolist()
         results = evaluator.compute(per_class=True)
         self.eval_per_class = next((results.pop(key) for key in list(results) if key.startswith("per_class")), {})
+        self.eval_calibration = results.pop("calibration", {})
+        if self.is_world_process_zero():
+            for message in calibration_warnings(self.eval_calibration):
+                logger.warning(message)
         if loss_rows > 0:
             results["loss"] = loss_sum / loss_rows
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in results.items()}
@@ -338,7 +352,7 @@ class EoMTTrainer(Trainer):
             "masks_queries_logits": outputs.masks_queries_logits.float(),
             "patch_offsets": inputs.get("patch_offsets"),
         }
-        evaluator.update(evaluator.postprocess(logits, inputs["original_sizes"]), examples)
+        evaluator.add(logits, inputs["original_sizes"], examples)
         return torch.tensor([len(examples["image"]), *loss_terms], dtype=torch.float64)
 
     def _placeholder_forward(self, model: nn.Module) -> None:

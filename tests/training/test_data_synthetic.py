@@ -69,3 +69,46 @@ def test_difficulty_raises_the_noise(size):
     assert roughness(0.0) < roughness(0.5) < roughness(1.0)
     with pytest.raises(ValueError, match="difficulty"):
         synthetic_scene(0, difficulty=1.5)
+
+
+# ---- the learning benchmark's sets (training.data.synthetic_sets) ----
+
+
+def test_scene_sets_are_reproducible_and_load_as_coco_panoptic(tmp_path):
+    from training.data import load_coco_panoptic, validate_dataset
+    from training.data.synthetic_sets import SCENE_SETS, write_scene_set
+
+    first = write_scene_set(tmp_path / "a", "B", 3, 1, seed=2, image_size=48)
+    second = write_scene_set(tmp_path / "b", "B", 3, 1, seed=2, image_size=48)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) == 4 * 2 + 2 and all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    spec = SCENE_SETS["B"]
+    source = load_coco_panoptic(first, "train")
+    validate_dataset(source)  # raises on any inconsistency between the JSON and the PNGs
+    assert list(source.info.id2label.values()) == list(spec.things + spec.stuff)
+    assert source.info.thing_ids == tuple(range(len(spec.things)))
+    sample = source[0]
+    assert sample.image.shape == (48, 48, 3) and len(sample.target) > 0
+    with pytest.raises(ValueError, match="unknown scene set 'Z'; choose from A, B, C"):
+        write_scene_set(tmp_path / "z", "Z", 1, 1)
+
+
+def test_scene_sets_differ_in_size_classes_and_objects():
+    from training.data.synthetic_sets import SCENE_SETS, scene
+
+    def thing_sides(name):
+        sides, things = [], []
+        for index in range(12):
+            drawn = scene(SCENE_SETS[name], (0, 0, index))
+            assert drawn.image.size == (SCENE_SETS[name].image_size,) * 2
+            found = [s for s in drawn.segments if s["isthing"]]
+            things.append(len(found))
+            sides += [np.sqrt((drawn.segment_map == s["id"]).sum()) / SCENE_SETS[name].image_size for s in found]
+            assert {s["category_id"] for s in drawn.segments if not s["isthing"]} <= set(
+                range(len(SCENE_SETS[name].things), len(SCENE_SETS[name].class_names)))
+        return np.median(sides), np.mean(things)
+
+    assert [SCENE_SETS[name].image_size for name in "ABC"] == [128, 96, 256]
+    assert [(len(SCENE_SETS[n].things), len(SCENE_SETS[n].stuff)) for n in "ABC"] == [(3, 3), (6, 2), (2, 5)]
+    (side_b, count_b), (side_c, count_c) = thing_sides("B"), thing_sides("C")
+    assert side_b < side_c / 2 and count_b > 2 * count_c  # many small things against few large ones

@@ -19,12 +19,21 @@ from tests.training.helpers import SegmentationExamples, single_thread, tiny_seg
 from training.data import (
     CLASS_NAMES,
     EvalDataset,
+    collate_eval,
     from_hf_dataset,
     load_ade20k,
     make_eval_dataset,
     write_synthetic_ade20k,
 )
-from training.evaluation import ShardSampler, evaluation_dataloader, inference_attention
+from training.evaluation import (
+    SWEEP_THRESHOLDS,
+    ClassScores,
+    SegmentationEvaluator,
+    ShardSampler,
+    evaluation_dataloader,
+    inference_attention,
+)
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 from training.metrics import MaskAP, MeanIoU, PanopticQuality
 from training.trainer import EoMTTrainer, recipe_training_arguments
 
@@ -268,3 +277,99 @@ def test_evaluation_memory_does_not_grow_with_the_number_of_images(synthetic_pan
     default = probed_evaluation(tmp_path, model, examples, processing_class=None, compute_metrics=lambda prediction: {})
     print(f"Trainer's loop: tensors {default.tensors} B")
     assert default.tensors[-1] - default.tensors[0] >= (n - 2) * logits_per_image
+
+
+class CountForwards(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_evaluation_reports_a_threshold_sweep_from_one_forward_pass(synthetic_panoptic, tmp_path):
+    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
+    model = tiny_model(dataset.info.num_labels, seed=5)
+    forwards = []
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    metrics = make_trainer(tmp_path, model, dataset, eval_loss=False).evaluate()
+    assert len(forwards) == 2  # 4 images in batches of 3: one pass per batch, not one per threshold
+    assert SWEEP_THRESHOLDS == (0.3, 0.5, 0.7, 0.8)
+    for threshold in SWEEP_THRESHOLDS:
+        expected = direct_metrics(model, processor_for(dataset.info), dataset, threshold=threshold)
+        for name in ("pq", "pq_things", "pq_stuff"):
+            assert metrics[f"eval_{name}@{threshold:g}"] == pytest.approx(expected[name], nan_ok=True)
+    assert metrics["eval_pq"] == metrics["eval_pq@0.8"]  # the default threshold is the authors' 0.8
+
+
+def oracle_outputs(examples, scores):
+    """Model outputs that segment the ground truth of `examples` exactly at the model input (32 px): one query per
+    segment (mask logits +-20), the segment's class with probability `scores[i % len(scores)]`, then empty queries."""
+    queries = max(len(info) for info in examples["segments_info"]) + 1
+    class_logits = torch.full((len(examples["image"]), queries, 9), -30.0)
+    class_logits[..., -1] = 30.0  # "no object"
+    mask_logits = torch.full((len(examples["image"]), queries, SIZE, SIZE), -20.0)
+    for image, (segmentation, segments) in enumerate(zip(examples["segmentation"], examples["segments_info"])):
+        resized = torch.nn.functional.interpolate(torch.as_tensor(segmentation)[None, None].float(), size=(SIZE, SIZE),
+                                                  mode="nearest")[0, 0]  # fmt: skip
+        for query, segment in enumerate(segments):
+            score = scores[query % len(scores)]
+            class_logits[image, query] = torch.log(torch.full((9,), (1 - score) / 8))
+            class_logits[image, query, segment["label_id"]] = float(np.log(score))
+            mask_logits[image, query][resized == segment["id"]] = 20.0
+    return {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+
+
+def test_sweep_pq_equals_the_pq_of_an_evaluation_at_that_threshold(synthetic_panoptic):
+    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
+    examples = collate_eval([dataset[index] for index in range(len(dataset))])
+    processor = processor_for(dataset.info)
+    inputs = SegmentationEvaluator(dataset.info, processor).preprocess(examples, with_targets=False)
+    outputs = oracle_outputs(examples, scores=(0.45, 0.65, 0.95))
+    sweep = SegmentationEvaluator(dataset.info, processor, sweep_thresholds=(0.4, 0.6, 0.9))
+    sweep.add(outputs, inputs["original_sizes"], examples)
+    results = sweep.compute()
+    assert [key for key in results if key.startswith("pq@")] == ["pq@0.4", "pq@0.6", "pq@0.8", "pq@0.9"]
+    values = []
+    for threshold in (0.4, 0.6, 0.8, 0.9):
+        alone = SegmentationEvaluator(dataset.info, processor, {"threshold": threshold}, sweep_thresholds=())
+        alone.add(outputs, inputs["original_sizes"], examples)
+        expected = alone.compute()
+        for name in ("pq", "pq_things", "pq_stuff"):
+            assert results[f"{name}@{threshold:g}"] == pytest.approx(expected[name], nan_ok=True)
+        values.append(expected["pq"])
+    assert values[0] > values[1] > values[3] > 0  # fewer segments survive higher thresholds
+    assert results["pq"] == results["pq@0.8"] == values[2]
+
+
+def test_a_thing_class_without_predictions_above_the_threshold_is_named(synthetic_panoptic, tmp_path, caplog):
+    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
+    model = tiny_model(dataset.info.num_labels, seed=5)
+    with torch.no_grad():  # every query predicts "box" with probability ~0.6, or "sky" with ~0.9
+        model.class_predictor.weight.zero_()
+        model.class_predictor.bias.fill_(-20.0)
+        model.class_predictor.bias[CLASS_NAMES.index("box")] = 0.0
+        model.class_predictor.bias[-1] = -0.45
+    with caplog.at_level("WARNING", logger="training.trainer"):
+        trainer = make_trainer(tmp_path, model, dataset, eval_loss=False)
+        trainer.evaluate()
+    calibration = trainer.eval_calibration
+    assert calibration["threshold"] == 0.8
+    assert calibration["above_threshold"]["box"] == 0 and calibration["best_score"]["box"] == pytest.approx(0.65)
+    assert calibration["above_threshold"]["disc"] == 0 and calibration["best_score"]["disc"] == 0.0
+    present = {name for name, counts in trainer.eval_per_class.items() if counts["tp"] + counts["fn"] > 0}
+    assert "box" in present and set(calibration["silent_things"]) == present & {"disc", "box", "triangle", "cross"}
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("thing class 'box' has no prediction with a class score above the threshold 0.8 (best score 0.65" in m
+               for m in messages)  # fmt: skip
+    assert len(messages) == len(calibration["silent_things"])
+
+
+def test_class_scores_count_each_query_under_its_best_class():
+    scores = ClassScores(num_labels=2, threshold=0.5, bins=10)
+    logits = torch.log(torch.tensor([[[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5], [0.45, 0.4, 0.15]]]))
+    scores.update(logits)  # queries: class 0 at 0.9, class 1 at 0.6, "no object", class 0 at 0.45
+    result = scores.compute()
+    assert result["above_threshold"] == [1, 1]
+    assert result["best_score"] == pytest.approx([1.0, 0.7])  # upper edges of the bins of 0.9 and 0.6
+    assert scores.histogram[0].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1]

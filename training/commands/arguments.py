@@ -188,7 +188,17 @@ def is_main_process() -> bool:
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
-    """One `name: value` line per number of `metrics` (per-class tables are in the metrics files)."""
+    """One `name: value` line per number of `metrics` (per-class tables are in the metrics files), then the panoptic
+    threshold sweep (`eval_pq@t`, ...) as a table."""
+    sweep: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
-        if isinstance(value, float):
+        if "@" in name:
+            metric, threshold = name.removeprefix("eval_").split("@")
+            sweep.setdefault(threshold, {})[metric] = value
+        elif isinstance(value, float):
             print(f"{name}: {value:.4g}")
+    if sweep:
+        print("class-score threshold | PQ | PQ things | PQ stuff")
+        for threshold, values in sweep.items():
+            row = [f"{values.get(key, float('nan')):.1f}" for key in ("pq", "pq_things", "pq_stuff")]
+            print(f"{threshold:>21} | " + " | ".join(row))

@@ -23,8 +23,10 @@ from training.settings import TrainSettings
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     defaults = {item.name: item.default for item in dataclasses.fields(TrainSettings)}
-    train = commands.add_parser("train", help="train EoMT on a data set folder", description="Train EoMT with the "
-                                "authors' recipe (every setting can be overridden); the data is validated first.")  # fmt: skip
+    train = commands.add_parser("train", help="train EoMT on a data set folder", description="Train EoMT with a "
+                                "recipe chosen for its start point and data (the authors' for a pre-trained backbone "
+                                "or checkpoint, a from-scratch one for random weights; printed with the reasons, every "
+                                "setting can be overridden); the data is validated first.")  # fmt: skip
 
     def option(*flags: str, dest: str, help: str, **kwargs: Any) -> None:
         default = defaults[dest]
@@ -48,18 +50,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     option("--num-queries", dest="num_queries", type=positive_int, help="queries of a new model (200, 100 semantic)")
     option("--num-blocks", dest="num_blocks", type=positive_int, help="masked-attention blocks of a new model (4)")
 
-    option("--lr", dest="learning_rate", type=positive_float, help="peak learning rate")
-    option("--layer-decay", dest="layer_decay", type=positive_float, help="layer-wise lr decay")
     option("--weight-decay", dest="weight_decay", type=non_negative_float, help="AdamW weight decay")
-    option("--max-grad-norm", dest="max_grad_norm", type=non_negative_float, help="gradient clipping norm (0: none)")
     option("--batch-size", dest="batch_size", type=positive_int, help="training batch size per process")
     option("--eval-batch-size", dest="eval_batch_size", type=positive_int,
            help="evaluation batch size per process (= batch size)")  # fmt: skip
     option("--steps", dest="max_steps", type=positive_int, help="optimizer steps (overrides --epochs)")
     option("--epochs", dest="epochs", type=positive_float, help="training epochs")
-    option("--head-warmup-steps", dest="head_warmup_steps", type=non_negative_int, help="warm-up of the new parameters")
-    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=non_negative_int,
-           help="warm-up of the backbone after it")  # fmt: skip
+    add_recipe_arguments(train, defaults)
     option("--poly-power", dest="poly_power", type=non_negative_float, help="power of the polynomial lr decay")
     option("--annealing-power", dest="annealing_power", type=non_negative_float, help="power of the annealing decay")
     option("--annealing-start-steps", dest="annealing_start_steps", type=non_negative_int, nargs="+",
@@ -95,11 +92,41 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(run=run)
 
 
+def add_recipe_arguments(train: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The recipe options of `eomt train`: unset ones are chosen by `training.recipe.choose_recipe` (printed at
+    start-up with the reasons)."""
+    recipe = train.add_argument_group("recipe", "unset options are chosen for the start point and the data, and "
+                                      "printed with the reason at start-up")  # fmt: skip
+
+    def option(*flags: str, dest: str, help: str, **kwargs: Any) -> None:
+        recipe.add_argument(*flags, dest=dest, default=defaults.get(dest), help=f"{help} (default: automatic)", **kwargs)
+
+    recipe.add_argument("--recipe", choices=("auto", "authors", "scratch"), default=defaults["recipe"],
+                        help="auto: the authors' recipe for --backbone / --checkpoint, the from-scratch one for --model "
+                        "(default: auto)")  # fmt: skip
+    option("--lr", dest="learning_rate", type=positive_float, help="peak learning rate")
+    option("--layer-decay", dest="layer_decay", type=positive_float, help="layer-wise lr decay (1: none)")
+    option("--max-grad-norm", dest="max_grad_norm", type=non_negative_float, help="gradient clipping norm (0: none)")
+    option("--warmup-steps", dest="warmup_steps", type=non_negative_int, nargs=2, metavar=("HEAD", "BACKBONE"),
+           help="warm-up of the new parameters, then of the backbone")  # fmt: skip
+    option("--head-warmup-steps", dest="head_warmup_steps", type=non_negative_int, help="warm-up of the new parameters")
+    option("--backbone-warmup-steps", dest="backbone_warmup_steps", type=non_negative_int,
+           help="warm-up of the backbone after it")  # fmt: skip
+    option("--augmentation-scale", dest="augmentation_scale", type=positive_float, nargs=2, metavar=("MIN", "MAX"),
+           help="large-scale-jitter range, relative to the scale at which an image fits the input")  # fmt: skip
+    option("--color-jitter", dest="color_jitter", action=argparse.BooleanOptionalAction, help="colour jitter")
+    option("--num-points", dest="num_points", type=positive_int, help="points sampled per mask in the matcher and loss")
+    option("--no-object-weight", dest="no_object_weight", type=non_negative_float,
+           help="class-loss weight of 'no object'")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from training.run import train
 
     names = {item.name for item in dataclasses.fields(TrainSettings)}
     values = {name: value for name, value in vars(args).items() if name in names}
+    if args.warmup_steps is not None:
+        values["head_warmup_steps"], values["backbone_warmup_steps"] = args.warmup_steps
     settings = TrainSettings(**{**values, "model_config": dict(args.model_config), **data_options(args)})
     metrics = train(settings)
     if is_main_process():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,12 +203,17 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
-def _categories(names: tuple[str, ...], with_isthing: bool) -> list[dict]:
+def _categories(
+    names: tuple[str, ...],
+    with_isthing: bool,
+    thing_names: tuple[str, ...] = THING_CLASSES,
+    category_ids: tuple[int, ...] = CATEGORY_IDS,
+) -> list[dict]:
     categories = []
-    for name, category_id in zip(names, CATEGORY_IDS):
-        category = {"id": category_id, "name": name, "supercategory": "thing" if name in THING_CLASSES else "stuff"}
+    for name, category_id in zip(names, category_ids):
+        category = {"id": category_id, "name": name, "supercategory": "thing" if name in thing_names else "stuff"}
         if with_isthing:
-            category["isthing"] = int(name in THING_CLASSES)
+            category["isthing"] = int(name in thing_names)
         categories.append(category)
     return categories
 
@@ -238,19 +244,34 @@ def write_synthetic_coco_panoptic(
     max_things: int = 4,
     crowd_prob: float = 0.0,
 ) -> Path:
-    """Write a COCO panoptic data set: `{split}2017/*.jpg`, `annotations/panoptic_{split}2017.json` (categories with
-    `isthing`, `segments_info` with `area`, `bbox`, `iscrowd`) and `annotations/panoptic_{split}2017/*.png` (RGB
-    segment ids; the ids are random in [1, 256^3) so all three channels are used). Returns `root`."""
-    root = Path(root)
+    """Write a COCO panoptic data set of `synthetic_scene`s (the layout of `write_coco_panoptic_scenes`). Returns
+    `root`."""
     counts = {"train": num_train, "val": num_val}
-    documents = {
-        split: {"images": [], "annotations": [], "categories": _categories(CLASS_NAMES, True)} for split in counts
-    }
-    for split in counts:
+    scenes = _scenes(Path(root), counts, seed, "synthetic COCO panoptic", size=size, difficulty=difficulty,
+                     max_things=max_things, crowd_prob=crowd_prob)  # fmt: skip
+    return write_coco_panoptic_scenes(root, scenes, list(counts), seed, CLASS_NAMES, THING_CLASSES, CATEGORY_IDS)
+
+
+def write_coco_panoptic_scenes(
+    root: str | os.PathLike,
+    scenes: Iterable[tuple[str, int, str, SyntheticScene]],
+    splits: Sequence[str],
+    seed: int,
+    class_names: tuple[str, ...],
+    thing_names: tuple[str, ...],
+    category_ids: Sequence[int],
+) -> Path:
+    """Write `scenes` ((split, index, stem, scene), their `category_id`s indexing `class_names`) as a COCO panoptic
+    data set: `{split}2017/*.jpg`, `annotations/panoptic_{split}2017.json` (categories with ids `category_ids` and
+    `isthing` for `thing_names`, `segments_info` with `area`, `bbox`, `iscrowd`) and
+    `annotations/panoptic_{split}2017/*.png` (RGB segment ids; the ids are random in [1, 256^3), drawn from `seed`, so
+    all three channels are used). Returns `root`."""
+    root = Path(root)
+    categories = _categories(class_names, True, thing_names, tuple(category_ids))
+    documents = {split: {"images": [], "annotations": [], "categories": categories} for split in splits}
+    for split in splits:
         (root / f"{split}2017").mkdir(parents=True, exist_ok=True)
         (root / "annotations" / f"panoptic_{split}2017").mkdir(parents=True, exist_ok=True)
-    scenes = _scenes(root, counts, seed, "synthetic COCO panoptic", size=size, difficulty=difficulty,
-                     max_things=max_things, crowd_prob=crowd_prob)  # fmt: skip
     for split, index, stem, scene in scenes:
         rng = np.random.default_rng((seed, _SPLITS[split], index, 1))
         coco_ids = rng.choice(np.arange(1, 256**3), size=len(scene.segments), replace=False)
@@ -260,12 +281,13 @@ def write_synthetic_coco_panoptic(
             mask = scene.segment_map == segment["id"]
             id_map[mask] = coco_id
             segments_info.append({
-                "id": int(coco_id), "category_id": CATEGORY_IDS[segment["category_id"]], "iscrowd": segment["iscrowd"],
+                "id": int(coco_id), "category_id": category_ids[segment["category_id"]], "iscrowd": segment["iscrowd"],
                 "area": int(mask.sum()), "bbox": _bbox(mask),
             })  # fmt: skip
         scene.image.save(root / f"{split}2017" / f"{stem}.jpg", quality=95, subsampling=0)
         Image.fromarray(id_to_rgb(id_map)).save(root / "annotations" / f"panoptic_{split}2017" / f"{stem}.png")
-        documents[split]["images"].append({"id": index + 1, "file_name": f"{stem}.jpg", "height": size, "width": size})
+        height, width = scene.segment_map.shape
+        documents[split]["images"].append({"id": index + 1, "file_name": f"{stem}.jpg", "height": height, "width": width})
         documents[split]["annotations"].append(
             {"image_id": index + 1, "file_name": f"{stem}.png", "segments_info": segments_info}
         )
