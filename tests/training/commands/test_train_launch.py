@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.training.commands.helpers import FAST, TINY, assert_error
-from tests.training.test_multiprocess import free_port
+from tests.training.helpers import free_port
 from training import launch
 
 ROOT = Path(__file__).resolve().parents[3]
