@@ -208,8 +208,8 @@ CASES = [
           ("float.tiff", BAD["float.tiff"], "floating-point images must be in [0, 1]"),
           ("int32.tiff", BAD["int32.tiff"], "must be 16-bit"),
       ]),
-    Case("predict", "every kind of bad image at once, batches of 3", predict(images({**BAD, **GOOD}, "--batch-size", "3")),
-         status=3, error_lines=[(name,) for name in sorted(BAD)], verify=written("good1.png", "good2.png")),
+    Case("predict", "every kind of bad image at once, batches of 3",
+         predict(images({**BAD, **GOOD}, "--batch-size", "3")), status=3, error_lines=[(name,) for name in sorted(BAD)], verify=written("good1.png", "good2.png")),
     Case("predict", "a missing file among good ones", predict(lambda c: [*images(GOOD)(c), str(c.dir / "gone.png")]),
          status=3, error_lines=[("gone.png", "no such file or directory")], verify=written("good1.png", "good2.png")),
     Case("predict", "an empty folder among good ones",
@@ -255,7 +255,8 @@ CASES = [
                        'task: "semantic" before, "panoptic" now')],
          verify=written("good1.png", "good2.png"), keeps=["out/semantic/good1.png"]),  # fmt: skip
     Case("predict", "another run with --overwrite: replaced", predict(overwritten), status=0,
-         verify=written("good1.png", "good2.png"), keeps=["out/notes.txt"], absent=["out/semantic", "out/overlays/old.png"]),
+         verify=written("good1.png", "good2.png"), keeps=["out/notes.txt"],
+         absent=["out/semantic", "out/overlays/old.png"]),
     Case("predict", "output of an older eomt predict (no run.json)", predict(legacy_output),
          error_lines=[("out holds predictions without a run manifest",)], verify=written(), present=["out/overlays"]),
 ]

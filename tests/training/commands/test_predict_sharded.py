@@ -17,7 +17,7 @@ from PIL import Image
 from tests.training.helpers import free_port, tiny_inference_model
 from training.commands import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OPTIONS = ["--threshold", "0.3", "--overlap-threshold", "0.3", "--recursive"]
 # Run `eomt predict` in this process, killing it with SIGKILL halfway through writing record number KILL_AT + 1.
 KILLED_RUN = """
