@@ -735,15 +735,9 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         input_size: tuple[int, int] | None = None,
         loss_fn: MaskClassificationLoss | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The training loss of `outputs` (final and intermediate predictions) and its components
-        (`MaskClassificationLoss.for_outputs`).
-
-        Args:
-            outputs: this model's output for the batch.
-            mask_labels, class_labels, is_crowd: as in `forward`; crowd targets are dropped.
-            input_size: `(H, W)` of `pixel_values`, which the target masks must have (checked per image when given).
-            loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(self.config)`.
-        """
+        """The training loss of this model's `outputs` (final and intermediate predictions) and its components:
+        `loss_fn.for_outputs` (arguments as in `forward`; `input_size` the `(H, W)` of `pixel_values`, which the target
+        masks must have), `loss_fn` defaulting to `MaskClassificationLoss.from_config(self.config)`."""
         loss_fn = loss_fn if loss_fn is not None else MaskClassificationLoss.from_config(self.config)
         return loss_fn.for_outputs(outputs, mask_labels, class_labels, is_crowd, input_size)
 
