@@ -13,7 +13,7 @@ from PIL import Image
 from tests.modeling.checkpoints.references import original_state_dict, save_checkpoint, source_model
 from tests.robustness.cases import Workspace
 from tests.training.commands.helpers import FAST, TINY, run_cli
-from tests.training.helpers import tiny_inference_model, tiny_segmentation_model
+from tests.training.helpers import single_thread, tiny_inference_model, tiny_segmentation_model  # noqa: F401 (fixture)
 from training.data import write_synthetic_ade20k, write_synthetic_coco_instance, write_synthetic_coco_panoptic
 
 SIZE = 32
@@ -92,9 +92,5 @@ def workspace(tmp_path_factory) -> Workspace:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(single_thread):
+    """Every case on one thread (`single_thread`): tiny models run fastest so on a shared machine."""
