@@ -21,7 +21,7 @@ and the loss are deterministic (no importance sampling), which the tests use to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -501,35 +501,6 @@ class MaskClassificationLoss(nn.Module):
             components[f"loss_cross_entropy{suffix}"] = loss_cross_entropy[level]
         return per_level.sum(), components
 
-    def for_outputs(
-        self,
-        outputs: Any,
-        mask_labels: Sequence[Tensor],
-        class_labels: Sequence[Tensor],
-        is_crowd: Sequence[Tensor] | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """`forward` on a model's output (`EoMTForUniversalSegmentationOutput`: the final and intermediate logits),
-        what `EoMTForUniversalSegmentation.forward` returns as its loss.
-
-        Args:
-            outputs: the model's output for the batch.
-            mask_labels, class_labels: the targets, as in `forward`.
-            is_crowd: per image `(n_i,)` bool: crowd targets are dropped (`drop_crowd_targets`).
-            input_size: `(H, W)` of `pixel_values`, which the target masks must have (checked per image when given).
-        """
-        mask_labels, class_labels = drop_crowd_targets(mask_labels, class_labels, is_crowd)
-        if input_size is not None:
-            check_target_size(mask_labels, input_size)
-        return self(
-            outputs.masks_queries_logits,
-            outputs.class_queries_logits,
-            mask_labels,
-            class_labels,
-            outputs.intermediate_masks_queries_logits,
-            outputs.intermediate_class_queries_logits,
-        )
-
     def check_predictions(self, level_masks: Sequence[Tensor], level_classes: Sequence[Tensor]) -> None:
         """Raise a `ValueError` when the prediction levels do not fit together or the class logits the labels."""
         if len(level_masks) != len(level_classes):
@@ -627,6 +598,37 @@ class MaskClassificationLoss(nn.Module):
         weights = self.class_weights.to(class_logits.device)[target_classes]  # (L, B, Q)
         nll = -class_logits.log_softmax(-1).gather(-1, target_classes[..., None])[..., 0]
         return (weights * nll).sum((1, 2)) / weights.sum((1, 2))
+
+
+def loss_from_labels(
+    loss_fn: Callable[..., tuple[Tensor, dict[str, Tensor]]],
+    outputs: Any,
+    mask_labels: Sequence[Tensor],
+    class_labels: Sequence[Tensor],
+    is_crowd: Sequence[Tensor] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`loss_fn` (a `MaskClassificationLoss`, or anything called like one) on a model's output
+    (`EoMTForUniversalSegmentationOutput`: the final and intermediate logits): what `EoMTForUniversalSegmentation`
+    returns as its loss.
+
+    Args:
+        outputs: the model's output for the batch.
+        mask_labels, class_labels: the targets, as in `MaskClassificationLoss.forward`.
+        is_crowd: per image `(n_i,)` bool: crowd targets are dropped (`drop_crowd_targets`).
+        input_size: `(H, W)` of `pixel_values`, which the target masks must have (checked per image when given).
+    """
+    mask_labels, class_labels = drop_crowd_targets(mask_labels, class_labels, is_crowd)
+    if input_size is not None:
+        check_target_size(mask_labels, input_size)
+    return loss_fn(
+        outputs.masks_queries_logits,
+        outputs.class_queries_logits,
+        mask_labels,
+        class_labels,
+        outputs.intermediate_masks_queries_logits,
+        outputs.intermediate_class_queries_logits,
+    )
 
 
 def matched_pairs(indices: Sequence[MatchIndices], counts: Sequence[int], device: torch.device) -> Tensor:

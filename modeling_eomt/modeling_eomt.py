@@ -40,7 +40,7 @@ from .checkpoints.loading import check_loading_info, check_model_directory, warn
 from .configuration_eomt import EoMTConfig
 from .hub import EoMTHubMixin
 from .input_checks import check_attn_mask_probs, check_pixel_values
-from .loss_eomt import MaskClassificationLoss
+from .loss_eomt import MaskClassificationLoss, loss_from_labels
 from .quantization import set_int8_linear_layers
 
 
@@ -736,10 +736,10 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         loss_fn: MaskClassificationLoss | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The training loss of this model's `outputs` (final and intermediate predictions) and its components:
-        `loss_fn.for_outputs` (arguments as in `forward`; `input_size` the `(H, W)` of `pixel_values`, which the target
-        masks must have), `loss_fn` defaulting to `MaskClassificationLoss.from_config(self.config)`."""
+        `loss_eomt.loss_from_labels` (arguments as in `forward`; `input_size` the `(H, W)` of `pixel_values`, which the
+        target masks must have), `loss_fn` defaulting to `MaskClassificationLoss.from_config(self.config)`."""
         loss_fn = loss_fn if loss_fn is not None else MaskClassificationLoss.from_config(self.config)
-        return loss_fn.for_outputs(outputs, mask_labels, class_labels, is_crowd, input_size)
+        return loss_from_labels(loss_fn, outputs, mask_labels, class_labels, is_crowd, input_size)
 
     def _forward(
         self,
