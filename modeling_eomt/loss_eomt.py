@@ -21,15 +21,17 @@ and the loss are deterministic (no importance sampling), which the tests use to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import is_scipy_available
+
+from .input_checks import check_target_size, check_targets
 
 if is_scipy_available():  # only the loss needs it: inference runs without scipy (transformers' convention)
     from scipy.optimize import linear_sum_assignment
@@ -119,67 +121,24 @@ def dice_per_mask(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Input checks
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def check_targets(
-    mask_labels: Sequence[Tensor],
-    class_labels: Sequence[Tensor],
-    batch_size: int,
-    num_labels: int,
-    mask_logits_size: tuple[int, int],
-) -> None:
-    """Raise a `ValueError` naming the image and the problem when the targets do not fit the predictions."""
-    for name, labels in (("mask_labels", mask_labels), ("class_labels", class_labels)):
-        if not isinstance(labels, (list, tuple)):
-            raise ValueError(f"{name} must be a list with one tensor per image, got {type(labels).__name__}")
-        if len(labels) != batch_size:
-            raise ValueError(f"{name} has {len(labels)} entries but the batch has {batch_size} images")
-    target_size = None
-    for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
-        if not isinstance(masks, Tensor) or masks.ndim != 3:
-            shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
-            raise ValueError(f"mask_labels[{index}] must be a (num_masks, height, width) tensor, got {shape}")
-        if not isinstance(classes, Tensor) or classes.ndim != 1:
-            shape = tuple(classes.shape) if isinstance(classes, Tensor) else type(classes).__name__
-            raise ValueError(f"class_labels[{index}] must be a (num_masks,) tensor, got {shape}")
-        if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool:
-            raise ValueError(f"class_labels[{index}] must hold integer class indices, got dtype {classes.dtype}")
-        if masks.shape[0] != classes.shape[0]:
-            raise ValueError(
-                f"image {index}: mask_labels has {masks.shape[0]} masks but class_labels has {classes.shape[0]} labels"
-            )
-        size = tuple(masks.shape[-2:])
-        if target_size is None:
-            target_size = size
-        elif size != target_size:
-            raise ValueError(
-                f"image {index}: target masks are {size[0]}x{size[1]} but image 0's are {target_size[0]}x{target_size[1]}; "
-                "all target masks must have the resolution of pixel_values"
-            )
-    if target_size is not None and target_size[0] * mask_logits_size[1] != target_size[1] * mask_logits_size[0]:
-        raise ValueError(
-            f"target masks are {target_size[0]}x{target_size[1]} but the predicted masks are "
-            f"{mask_logits_size[0]}x{mask_logits_size[1]}: the aspect ratios differ; targets must have the resolution "
-            "of pixel_values"
-        )
-    all_classes = torch.cat([classes.reshape(-1).long() for classes in class_labels]) if class_labels else None
-    if all_classes is not None and all_classes.numel() > 0:
-        low, high = all_classes.min().item(), all_classes.max().item()  # one synchronisation for the batch
-        if low < 0 or high >= num_labels:
-            for index, classes in enumerate(class_labels):
-                bad = classes[(classes < 0) | (classes >= num_labels)]
-                if bad.numel() > 0:
-                    raise ValueError(
-                        f"image {index}: class_labels {bad.tolist()} are outside [0, {num_labels}) "
-                        f"(num_labels={num_labels}; the 'no object' class {num_labels} is not a valid target)"
-                    )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Targets of a batch
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def drop_crowd_targets(
+    mask_labels: Sequence[Tensor], class_labels: Sequence[Tensor], is_crowd: Sequence[Tensor] | None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The targets without those marked in `is_crowd` (per image `(n_i,)` bool; None: all kept), which the loss leaves
+    out as in training."""
+    mask_labels, class_labels = list(mask_labels), list(class_labels)
+    if is_crowd is None:
+        return mask_labels, class_labels
+    if len(is_crowd) != len(class_labels):
+        raise ValueError(f"is_crowd has {len(is_crowd)} entries but the batch has {len(class_labels)} images")
+    keep = [~torch.as_tensor(crowd, dtype=torch.bool) for crowd in is_crowd]
+    mask_labels = [masks[k.to(masks.device)] for masks, k in zip(mask_labels, keep)]
+    class_labels = [labels[k.to(labels.device)] for labels, k in zip(class_labels, keep)]
+    return mask_labels, class_labels
 
 
 @dataclass(frozen=True)
@@ -639,6 +598,37 @@ class MaskClassificationLoss(nn.Module):
         weights = self.class_weights.to(class_logits.device)[target_classes]  # (L, B, Q)
         nll = -class_logits.log_softmax(-1).gather(-1, target_classes[..., None])[..., 0]
         return (weights * nll).sum((1, 2)) / weights.sum((1, 2))
+
+
+def loss_from_labels(
+    loss_fn: Callable[..., tuple[Tensor, dict[str, Tensor]]],
+    outputs: Any,
+    mask_labels: Sequence[Tensor],
+    class_labels: Sequence[Tensor],
+    is_crowd: Sequence[Tensor] | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`loss_fn` (a `MaskClassificationLoss`, or anything called like one) on a model's output
+    (`EoMTForUniversalSegmentationOutput`: the final and intermediate logits): what `EoMTForUniversalSegmentation`
+    returns as its loss.
+
+    Args:
+        outputs: the model's output for the batch.
+        mask_labels, class_labels: the targets, as in `MaskClassificationLoss.forward`.
+        is_crowd: per image `(n_i,)` bool: crowd targets are dropped (`drop_crowd_targets`).
+        input_size: `(H, W)` of `pixel_values`, which the target masks must have (checked per image when given).
+    """
+    mask_labels, class_labels = drop_crowd_targets(mask_labels, class_labels, is_crowd)
+    if input_size is not None:
+        check_target_size(mask_labels, input_size)
+    return loss_fn(
+        outputs.masks_queries_logits,
+        outputs.class_queries_logits,
+        mask_labels,
+        class_labels,
+        outputs.intermediate_masks_queries_logits,
+        outputs.intermediate_class_queries_logits,
+    )
 
 
 def matched_pairs(indices: Sequence[MatchIndices], counts: Sequence[int], device: torch.device) -> Tensor:

@@ -39,7 +39,8 @@ from .checkpoints.geometry import interpolate_position_embeddings
 from .checkpoints.loading import check_loading_info, check_model_directory, warn_nonfinite
 from .configuration_eomt import EoMTConfig
 from .hub import EoMTHubMixin
-from .loss_eomt import MaskClassificationLoss
+from .input_checks import check_attn_mask_probs, check_pixel_values
+from .loss_eomt import MaskClassificationLoss, loss_from_labels
 from .quantization import set_int8_linear_layers
 
 
@@ -489,31 +490,6 @@ class EoMTPreTrainedModel(EoMTHubMixin, PreTrainedModel):
         )
 
 
-def check_pixel_values(pixel_values: Tensor | None, config: EoMTConfig) -> None:
-    """Raise a `ValueError` that names the problem when `pixel_values` is not a `(B, C, H, W)` float batch."""
-    if pixel_values is None:
-        raise ValueError("pixel_values is required")
-    if not isinstance(pixel_values, Tensor):
-        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-    if pixel_values.ndim != 4:
-        raise ValueError(
-            f"pixel_values must have 4 dimensions (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
-        )
-    if pixel_values.shape[1] != config.num_channels:
-        raise ValueError(
-            f"pixel_values has {pixel_values.shape[1]} channels (shape {tuple(pixel_values.shape)}), "
-            f"the model expects {config.num_channels}"
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a floating-point tensor (normalised image), got {pixel_values.dtype}")
-    height, width = pixel_values.shape[-2:]
-    if height % config.patch_size or width % config.patch_size or height == 0 or width == 0:
-        raise ValueError(
-            f"pixel_values height and width must be positive multiples of patch_size={config.patch_size}, "
-            f"got {height}x{width}; resize or pad the image (the image processor does this)"
-        )
-
-
 class _BlockOutputs:
     """Every block's output (after the embeddings') and attention weights, kept only when asked for."""
 
@@ -646,21 +622,7 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
                 each in [0, 1]. 1: every query attends only within its predicted mask; 0: no masks (in eval mode the
                 block also skips its intermediate prediction).
         """
-        num_blocks = self.attn_mask_probs.numel()
-        try:
-            values = torch.as_tensor(probs, dtype=torch.float64).cpu()
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"attn_mask_probs must be a number or a sequence of numbers, got {probs!r}") from error
-        if values.ndim == 0:
-            values = values.expand(num_blocks)
-        if values.shape != (num_blocks,):
-            raise ValueError(
-                f"attn_mask_probs needs one probability per masked block (num_blocks={num_blocks}) or a single number, "
-                f"got {values.numel()} values of shape {tuple(values.shape)}"
-            )
-        if not bool(((values >= 0) & (values <= 1)).all()):
-            raise ValueError(f"attn_mask_probs must lie in [0, 1], got {values.tolist()}")
-        values = values.to(self.attn_mask_probs.dtype)
+        values = check_attn_mask_probs(probs, self.attn_mask_probs.numel()).to(self.attn_mask_probs.dtype)
         with torch.no_grad():
             self.attn_mask_probs.copy_(values)
         self._attn_mask_probs_values = tuple(values.tolist())  # from the CPU copy: no device sync
@@ -697,30 +659,20 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
                 `freezing`): each new input size compiles once, and weights changed afterwards are not seen until
                 `enable_fast_inference` is called again. True for inductor, or another `torch.compile` backend (name
                 or function; e.g. "aot_eager" to check the tracing without generating code).
-            static_shape: `(batch, height, width)`: inputs of exactly this shape take a static path
-                (`static_inference.StaticInference`), set up at the first such call on a snapshot of the weights and
-                `attn_mask_probs` of that moment. On CUDA it is one CUDA graph, replayed per call (no per-call Python
-                or kernel-launch overhead, no host-device synchronisation), with the fastest attention kernel
-                measured once; `compile` then compiles the transformer blocks alone (one compilation for all of
-                them). Outputs carry no autograd graph; other shapes take the path `dtype` and `compile` set up.
+            static_shape: `(batch, height, width)`: inputs of exactly this shape take a static path set up at the
+                first such call on a snapshot of the weights and `attn_mask_probs` (`static_inference`: on CUDA one
+                CUDA graph replayed per call, the fastest attention kernel measured once, and with `compile` the
+                transformer blocks compiled alone). Outputs carry no autograd graph; other shapes take the path
+                `dtype` and `compile` set up.
         Training mode is unaffected; `enable_fast_inference(None)` switches everything off.
         """
-        int8 = dtype in ("int8", torch.qint8)
-        if not int8 and dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be torch.bfloat16, torch.float16, 'int8' or None, got {dtype}")
-        if int8 and static_shape is not None:
-            raise ValueError("static_shape is a CUDA path for float16 / bfloat16 / float32; int8 is CPU only")
-        set_int8_linear_layers(self.eomt.layers, int8)
-        dtype = torch.bfloat16 if int8 else dtype
-        backend = static_inference.compile_backend(compile)
+        autocast_dtype = static_inference.inference_autocast_dtype(dtype, static_shape)
+        set_int8_linear_layers(self.eomt.layers, dtype in static_inference.INT8)
+        compiled = static_inference.compile_forward(self._forward, compile)
         self.static_inference = None
         if static_shape is not None:
-            self.static_inference = static_inference.StaticInference(self, static_shape, dtype, compile)
-        self.inference_dtype = dtype
-        self.compiled_inference = None
-        if backend is not None:
-            options = {"options": {"freezing": True}} if backend == "inductor" else {}
-            self.compiled_inference = torch.compile(self._forward, backend=backend, **options)
+            self.static_inference = static_inference.StaticInference(self, static_shape, autocast_dtype, compile)
+        self.inference_dtype, self.compiled_inference = autocast_dtype, compiled
         return self.eval()
 
     def forward(
@@ -783,37 +735,11 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
         input_size: tuple[int, int] | None = None,
         loss_fn: MaskClassificationLoss | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The training loss of `outputs` (final and intermediate predictions) and its components.
-
-        Args:
-            outputs: this model's output for the batch.
-            mask_labels, class_labels, is_crowd: as in `forward`; crowd targets are dropped.
-            input_size: `(H, W)` of `pixel_values`, which the target masks must have (checked per image when given).
-            loss_fn: the loss; defaults to `MaskClassificationLoss.from_config(self.config)`.
-        """
-        mask_labels, class_labels = list(mask_labels), list(class_labels)
-        if is_crowd is not None:
-            if len(is_crowd) != len(class_labels):
-                raise ValueError(f"is_crowd has {len(is_crowd)} entries but the batch has {len(class_labels)} images")
-            keep = [~torch.as_tensor(crowd, dtype=torch.bool) for crowd in is_crowd]
-            mask_labels = [masks[k.to(masks.device)] for masks, k in zip(mask_labels, keep)]
-            class_labels = [labels[k.to(labels.device)] for labels, k in zip(class_labels, keep)]
-        if input_size is not None:
-            for index, masks in enumerate(mask_labels):
-                if isinstance(masks, Tensor) and masks.ndim == 3 and tuple(masks.shape[-2:]) != tuple(input_size):
-                    raise ValueError(
-                        f"image {index}: mask_labels are {masks.shape[-2]}x{masks.shape[-1]} but pixel_values are "
-                        f"{input_size[0]}x{input_size[1]}: target masks must have the resolution of the model input"
-                    )
+        """The training loss of this model's `outputs` (final and intermediate predictions) and its components:
+        `loss_eomt.loss_from_labels` (arguments as in `forward`; `input_size` the `(H, W)` of `pixel_values`, which the
+        target masks must have), `loss_fn` defaulting to `MaskClassificationLoss.from_config(self.config)`."""
         loss_fn = loss_fn if loss_fn is not None else MaskClassificationLoss.from_config(self.config)
-        return loss_fn(
-            outputs.masks_queries_logits,
-            outputs.class_queries_logits,
-            mask_labels,
-            class_labels,
-            outputs.intermediate_masks_queries_logits,
-            outputs.intermediate_class_queries_logits,
-        )
+        return loss_from_labels(loss_fn, outputs, mask_labels, class_labels, is_crowd, input_size)
 
     def _forward(
         self,

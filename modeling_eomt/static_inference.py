@@ -14,7 +14,8 @@ Each call then copies the input into the graph's input buffer, replays the graph
 float32): no Python per block, no kernel launches from Python and no host-device synchronisation. On the CPU the same
 forward runs directly (there is no graph to replay).
 
-This module never imports `modeling_eomt.modeling_eomt`: it drives the model through `model._forward`.
+It also reads the other options of `enable_fast_inference` (`inference_autocast_dtype`, `compile_forward`). This module
+never imports `modeling_eomt.modeling_eomt`: it drives the model through `model._forward`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ ATTENTION_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION
 _CAST_MODULES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The options of `enable_fast_inference`
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+INT8 = ("int8", torch.qint8)  # the `dtype`s of int8 inference (`quantization`)
+
+
+def inference_autocast_dtype(dtype: torch.dtype | str | None, static_shape: Sequence[int] | None) -> torch.dtype | None:
+    """The autocast dtype of `enable_fast_inference(dtype, static_shape=...)`: `dtype` (bfloat16, float16, or None for
+    float32), bfloat16 for int8 (the layers that stay in floating point); a `ValueError` for any other `dtype`, or for
+    int8 with a `static_shape`."""
+    int8 = dtype in INT8
+    if not int8 and dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be torch.bfloat16, torch.float16, 'int8' or None, got {dtype}")
+    if int8 and static_shape is not None:
+        raise ValueError("static_shape is a CUDA path for float16 / bfloat16 / float32; int8 is CPU only")
+    return torch.bfloat16 if int8 else dtype
+
+
 def check_static_shape(static_shape: Sequence[int], patch_size: int) -> tuple[int, int, int]:
     """`static_shape` as `(batch, height, width)`; a `ValueError` that names the problem otherwise."""
     values = tuple(static_shape) if isinstance(static_shape, (tuple, list, torch.Size)) else ()
@@ -66,6 +87,16 @@ def compile_backend(compile: bool | str | Callable) -> str | Callable | None:
     if not callable(compile) and not (isinstance(compile, str) and compile):
         raise ValueError(f"compile must be True, False or a torch.compile backend (name or function), got {compile!r}")
     return compile
+
+
+def compile_forward(forward: Callable, compile: bool | str | Callable) -> Callable | None:
+    """`forward` under `torch.compile` with the backend `compile` names (`compile_backend`), inductor with the weights
+    frozen into the graph (`freezing`); None when `compile` is False."""
+    backend = compile_backend(compile)
+    if backend is None:
+        return None
+    options = {"options": {"freezing": True}} if backend == "inductor" else {}
+    return torch.compile(forward, backend=backend, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

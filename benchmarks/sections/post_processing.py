@@ -57,21 +57,18 @@ def _same_results(ours: list, theirs: list) -> bool:
     return True
 
 
-def _cases(
-    batch_size: int, num_queries: int, input_size: int, seed: int
+def _padded_cases(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, input_size: int
 ) -> Iterator[tuple[str, Callable[[], list], Callable[[], list]]]:
-    """`(task, ours, transformers')` post-processing calls on the same outputs, for each task."""
+    """`(task, ours, transformers')` panoptic and instance post-processing of outputs for padded `input_size` squares
+    of COCO-like images (`PANOPTIC_TARGETS`, longest side resized to `input_size`)."""
     from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil
 
     square = {"shortest_edge": input_size, "longest_edge": input_size}
     reference = EomtImageProcessorPil(size=square, do_pad=True)
-
-    mask_size = (input_size // 4, input_size // 4)
-    class_logits, mask_logits = synthetic_outputs(batch_size, num_queries, PANOPTIC_CLASSES, mask_size, seed=seed)
-    targets = [PANOPTIC_TARGETS[i % len(PANOPTIC_TARGETS)] for i in range(batch_size)]
-    valid = [_fits_longest(target, input_size) for target in targets]
     outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits, patch_offsets=None)
-    geometry = {"input_size": (input_size, input_size), "valid_sizes": valid}
+    targets = [PANOPTIC_TARGETS[i % len(PANOPTIC_TARGETS)] for i in range(class_logits.shape[0])]
+    geometry = {"input_size": (input_size, input_size), "valid_sizes": [_fits_longest(t, input_size) for t in targets]}
     yield (
         "panoptic",
         partial(post_process_panoptic, class_logits, mask_logits, targets, **geometry),
@@ -83,6 +80,17 @@ def _cases(
         partial(reference.post_process_instance_segmentation, outputs, targets, size=square),
     )
 
+
+def _cases(
+    batch_size: int, num_queries: int, input_size: int, seed: int
+) -> Iterator[tuple[str, Callable[[], list], Callable[[], list]]]:
+    """`(task, ours, transformers')` post-processing calls on the same outputs, for each task."""
+    from transformers.models.eomt.image_processing_pil_eomt import EomtImageProcessorPil
+
+    mask_size = (input_size // 4, input_size // 4)
+    class_logits, mask_logits = synthetic_outputs(batch_size, num_queries, PANOPTIC_CLASSES, mask_size, seed=seed)
+    yield from _padded_cases(class_logits, mask_logits, input_size)
+
     semantic_targets = [SEMANTIC_TARGETS[i % len(SEMANTIC_TARGETS)] for i in range(batch_size)]
     resized = [_shortest(target, input_size) for target in semantic_targets]
     class_logits, mask_logits, offsets = synthetic_window_outputs(
@@ -92,6 +100,8 @@ def _cases(
     outputs = SimpleNamespace(
         class_queries_logits=class_logits, masks_queries_logits=mask_logits, patch_offsets=patch_offsets
     )
+    square = {"shortest_edge": input_size, "longest_edge": input_size}
+    reference = EomtImageProcessorPil(size=square, do_pad=True)
     semantic_size = {"shortest_edge": input_size, "longest_edge": None}
     windows = {"input_size": (input_size, input_size), "patch_offsets": offsets, "resized_sizes": resized}
     yield (
@@ -112,20 +122,8 @@ def _realistic_cases(
     square = {"shortest_edge": input_size, "longest_edge": input_size}
     mask_size = (input_size // 4, input_size // 4)
     class_logits, mask_logits = realistic_outputs(batch_size, num_queries, PANOPTIC_CLASSES, mask_size, seed=seed)
+    yield from _padded_cases(class_logits, mask_logits, input_size)
     outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits, patch_offsets=None)
-    padded = EomtImageProcessorPil(size=square, do_pad=True)
-    targets = [PANOPTIC_TARGETS[i % len(PANOPTIC_TARGETS)] for i in range(batch_size)]
-    geometry = {"input_size": (input_size, input_size), "valid_sizes": [_fits_longest(t, input_size) for t in targets]}
-    yield (
-        "panoptic",
-        partial(post_process_panoptic, class_logits, mask_logits, targets, **geometry),
-        partial(padded.post_process_panoptic_segmentation, outputs, targets, size=square),
-    )
-    yield (
-        "instance",
-        partial(post_process_instance, class_logits, mask_logits, targets, **geometry),
-        partial(padded.post_process_instance_segmentation, outputs, targets, size=square),
-    )
     squares = [(input_size, input_size)] * batch_size
     yield (
         "semantic",

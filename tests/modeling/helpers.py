@@ -1,4 +1,4 @@
-"""Tiny configurations shared by the model tests."""
+"""Tiny configurations and checks shared by the model tests."""
 
 import dataclasses
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from modeling_eomt import EoMTConfig, fast_paths
+from modeling_eomt.loss_eomt import MaskClassificationLoss
 
 TINY = dict(
     hidden_size=32,
@@ -43,6 +44,15 @@ def use_cpu_kernels(monkeypatch, **changes) -> fast_paths.CpuKernels:
     kernels = dataclasses.replace(fast_paths.CPU_KERNELS, **changes)
     monkeypatch.setattr(fast_paths, "CPU_KERNELS", kernels)
     return kernels
+
+
+def loss_of_outputs(config: EoMTConfig, outputs, mask_labels, class_labels) -> tuple[torch.Tensor, dict]:
+    """`MaskClassificationLoss.from_config(config)` called directly on the final and intermediate logits of a model's
+    `outputs`: the loss that the model computes from labels must equal it."""
+    return MaskClassificationLoss.from_config(config)(
+        outputs.masks_queries_logits, outputs.class_queries_logits, mask_labels, class_labels,
+        outputs.intermediate_masks_queries_logits, outputs.intermediate_class_queries_logits,
+    )  # fmt: skip
 
 
 def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:

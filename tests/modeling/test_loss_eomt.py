@@ -12,7 +12,7 @@ from transformers.models.eomt.modeling_eomt import EomtLoss
 import modeling_eomt.loss_eomt as loss_module
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
 from modeling_eomt.loss_eomt import BatchTargets, HungarianMatcher, MaskClassificationLoss, importance_sampled_points, sample_points
-from tests.modeling.helpers import perturb_
+from tests.modeling.helpers import loss_of_outputs, perturb_
 from tests.training.helpers import random_targets, single_thread  # noqa: F401 (fixture)
 
 WEIGHTS = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0)
@@ -334,9 +334,6 @@ def test_equals_the_loss_transformers_eomt_computes_in_its_forward(tmp_path):
     expected = reference(pixel_values, mask_labels=[m.float() for m in mask_labels], class_labels=class_labels).loss
     torch.manual_seed(13)
     outputs = ours(pixel_values)
-    total, _ = MaskClassificationLoss.from_config(ours.config)(
-        outputs.masks_queries_logits, outputs.class_queries_logits, mask_labels, class_labels,
-        outputs.intermediate_masks_queries_logits, outputs.intermediate_class_queries_logits,
-    )  # fmt: skip
+    total, _ = loss_of_outputs(ours.config, outputs, mask_labels, class_labels)
     print(f"transformers {expected.item():.6f}, ours {total.item():.6f}")
     assert math.isfinite(total.item()) and total.item() == pytest.approx(expected.item(), rel=1e-5)

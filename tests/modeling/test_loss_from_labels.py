@@ -9,7 +9,7 @@ from transformers import EomtConfig, EomtForUniversalSegmentation, EomtImageProc
 
 from image_processing import EoMTImageProcessor
 from modeling_eomt import EoMTConfig, EoMTForUniversalSegmentation
-from modeling_eomt.loss_eomt import MaskClassificationLoss
+from tests.modeling.helpers import loss_of_outputs
 from tests.training.helpers import random_targets, single_thread, tiny_segmentation_model  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -23,10 +23,7 @@ def test_forward_with_labels_returns_the_loss_of_every_prediction_level():
     outputs = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels)
     torch.manual_seed(0)
     plain = model(pixel_values)
-    expected, components = MaskClassificationLoss.from_config(model.config)(
-        plain.masks_queries_logits, plain.class_queries_logits, mask_labels, class_labels,
-        plain.intermediate_masks_queries_logits, plain.intermediate_class_queries_logits,
-    )  # fmt: skip
+    expected, components = loss_of_outputs(model.config, plain, mask_labels, class_labels)
     assert torch.equal(outputs.loss, expected)
     assert outputs.loss_components.keys() == components.keys() >= {"loss_mask", "loss_mask_block0", "loss_dice_block1"}
     outputs.loss.backward()

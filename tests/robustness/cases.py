@@ -26,15 +26,20 @@ Another module adds rows by defining its own table and test the same way (e.g. `
   one, in `c.dir`, to break).
 - `expect`: substrings of the error message (the file or option it names and what is wrong); `{dir}` stands for
   `c.dir`.
-- `status`: a command's exit status: 2 refused (bad option, model, data or file; nothing done), 3 stopped part-way
-  (what was done is kept and named), 0 done (with `expect` in a logged warning).
+- `status`: a command's exit status: 2 refused (bad option, model, data or file; nothing done), 3 stopped part-way or
+  done in part (what was done is kept and named; `eomt predict`: some inputs unusable, the others done), 0 done
+  (with `expect` in a logged warning).
+- `error_lines`: for a command, all of its `eomt ENTRY: error:` lines, one entry per line (in any order), each the
+  substrings that line holds (one line per unusable input); None: not counted.
 - `error`: for a Python entry, the exception type raised; None: no exception, `expect` in a logged warning.
 - `keeps`: paths under `c.dir` whose files must be unchanged afterwards (nothing lost); `absent`: paths that must
   not exist afterwards (nothing half-written); `present`: paths that must (what was kept).
+- `verify(c)`: any further check of what the case left in `c.dir` (e.g. the images `eomt predict` listed).
 - `marks`: pytest marks of the case.
 
 The checks: a command prints `eomt ENTRY: error: ...` (argparse's own errors have that form too) containing every
-`expect`, and no traceback; a Python entry raises `error` with every `expect` in its message.
+`expect`, and no traceback; at exit status 0 it prints no such line; a Python entry raises `error` with every `expect`
+in its message.
 """
 
 from __future__ import annotations
@@ -62,12 +67,14 @@ class Case:
     entry: str
     name: str
     build: Callable[[CaseContext], Sequence[Any] | Callable[[], Any]]
-    expect: Sequence[str]
+    expect: Sequence[str] = ()
     status: int = 2
+    error_lines: Sequence[Sequence[str]] | None = None
     error: type[BaseException] | None = ValueError
     keeps: Sequence[str] = ()
     absent: Sequence[str] = ()
     present: Sequence[str] = ()
+    verify: Callable[[CaseContext], None] | None = None
     marks: Sequence[Any] = field(default_factory=tuple)
 
 
@@ -151,10 +158,13 @@ def check_case(case: Case, workspace: Workspace, tmp_path: Path, capsys, caplog)
         captured = capsys.readouterr()
         assert status == case.status, f"exit status {status}, expected {case.status}; stderr:\n{captured.err}"
         assert "Traceback" not in captured.err + captured.out, captured.err
+        errors = [line for line in captured.err.splitlines() if line.startswith(f"eomt {case.entry}: error: ")]
+        if case.error_lines is not None:
+            check_error_lines(errors, [[context.text(text) for text in line] for line in case.error_lines])
         if case.status == 0:
+            assert not errors, f"exit status 0 with errors:\n{captured.err}"
             message = caplog.text + captured.err
         else:
-            errors = [line for line in captured.err.splitlines() if line.startswith(f"eomt {case.entry}: error: ")]
             assert errors, f"no `eomt {case.entry}: error:` line in:\n{captured.err}"
             message = captured.err[captured.err.index(errors[0]) :]
     elif case.error is None:
@@ -169,6 +179,15 @@ def check_case(case: Case, workspace: Workspace, tmp_path: Path, capsys, caplog)
     assert snapshot(kept) == before, f"files under {case.keeps} changed"
     assert not [path for path in case.absent if (tmp_path / path).exists()], f"one of {case.absent} was written"
     assert all((tmp_path / path).exists() for path in case.present), f"one of {case.present} is missing"
+    if case.verify is not None:
+        case.verify(context)
+
+
+def check_error_lines(errors: list[str], expected: list[list[str]]) -> None:
+    """`errors` are the `expected` lines, in any order: as many, and each expected line's texts in exactly one."""
+    assert len(errors) == len(expected), f"{len(errors)} error lines, expected {len(expected)}:\n" + "\n".join(errors)
+    for texts in expected:  # in any order: a folder lists its files in the file system's order
+        assert sum(all(text in line for text in texts) for line in errors) == 1, (texts, errors)
 
 
 # ---- ways to break a file ----

@@ -13,7 +13,7 @@ from PIL import Image
 from tests.modeling.checkpoints.references import original_state_dict, save_checkpoint, source_model
 from tests.robustness.cases import Workspace
 from tests.training.commands.helpers import FAST, TINY, run_cli
-from tests.training.helpers import tiny_segmentation_model
+from tests.training.helpers import single_thread, tiny_inference_model, tiny_segmentation_model  # noqa: F401 (fixture)
 from training.data import write_synthetic_ade20k, write_synthetic_coco_instance, write_synthetic_coco_panoptic
 
 SIZE = 32
@@ -21,6 +21,13 @@ SIZE = 32
 
 def _model(path: Path, workspace: Workspace) -> Path:
     tiny_segmentation_model(num_labels=8, image_size=SIZE).save_pretrained(path)
+    return path
+
+
+def _inference_model(path: Path, workspace: Workspace) -> Path:
+    """A mask-free tiny model, as `eomt predict` gets it (`tiny_inference_model`)."""
+    torch.manual_seed(0)
+    tiny_inference_model().save_pretrained(path)
     return path
 
 
@@ -68,6 +75,7 @@ def _run(path: Path, workspace: Workspace) -> Path:
 
 BUILDERS = {
     "model": _model,
+    "inference_model": _inference_model,
     "transformers_model": _transformers_model,
     "original": _original,
     "coco": lambda root, _: write_synthetic_coco_panoptic(root, num_train=4, num_val=2, size=SIZE, seed=1),
@@ -84,9 +92,5 @@ def workspace(tmp_path_factory) -> Workspace:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(single_thread):
+    """Every case on one thread (`single_thread`): tiny models run fastest so on a shared machine."""

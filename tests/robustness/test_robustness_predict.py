@@ -1,6 +1,6 @@
-"""Hostile and careless input to `eomt predict`, as a table of cases: what is given (files written by a builder, the
-command's arguments), and what must come out (exit status; one error line per unusable input, naming it; the images
-listed in `predictions.json`; files that must survive). No case may print a traceback.
+"""Hostile and careless input to `eomt predict`, as a table of cases (`cases.Case`): what is given (files written by a
+builder, the command's arguments), and what must come out (exit status; one error line per unusable input, naming it;
+the images listed in `predictions.json`; files that must survive). No case may print a traceback.
 
 Exit status: 0 every image done, 3 some inputs unusable (the others done), 2 nothing done (bad model, option, output
 folder, or no image at all).
@@ -13,37 +13,16 @@ import json
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.training.helpers import single_thread  # noqa: F401 (fixture)
-from tests.training.test_inference import tiny_model
+from tests.robustness.cases import Case, CaseContext, as_params, check_case
 from training.commands import main
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@dataclass(frozen=True)
-class Case:
-    """`build(folder)` writes the inputs into `folder` and returns the arguments after the model (`--out` is added:
-    `folder / "out"`). `errors`: for each error line, in order, texts it contains (the first names the input).
-    `written`: the `file_name`s `predictions.json` lists (None: no `predictions.json`). `kept` / `gone`: paths
-    (relative to `folder`) that must still exist / must not exist any more."""
-
-    name: str
-    build: Callable[[Path], list[str]]
-    status: int
-    errors: tuple[tuple[str, ...], ...] = ()
-    written: tuple[str, ...] | None = None
-    kept: tuple[str, ...] = ()
-    gone: tuple[str, ...] = ()
-
+Build = Callable[[CaseContext], list]
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Input builders
@@ -91,11 +70,11 @@ BAD = {
 }
 
 
-def images(files: dict[str, bytes], *options: str, folder_name: str = "in") -> Callable[[Path], list[str]]:
-    """A builder: `files` written into `folder / folder_name`, given as that folder."""
+def images(files: dict[str, bytes], *options: str, folder_name: str = "in") -> Build:
+    """Inputs: `files` written into `c.dir / folder_name`, given as that folder."""
 
-    def build(folder: Path) -> list[str]:
-        directory = folder / folder_name
+    def build(c: CaseContext) -> list[str]:
+        directory = c.dir / folder_name
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (directory / name).parent.mkdir(parents=True, exist_ok=True)
@@ -105,59 +84,59 @@ def images(files: dict[str, bytes], *options: str, folder_name: str = "in") -> C
     return build
 
 
-def earlier_run(folder: Path, arguments: list[str], *options: str) -> None:
-    model = str(folder.parent / "model")
-    assert main(["predict", model, *arguments, "--out", str(folder / "out"), *THRESHOLDS, *options]) == 0
+def earlier_run(c: CaseContext, arguments: list[str], *options: str) -> None:
+    model = str(c.inference_model)
+    assert main(["predict", model, *arguments, "--out", str(c.dir / "out"), *THRESHOLDS, *options]) == 0
 
 
-def then(first: Callable[[Path], list[str]], *options: str) -> Callable[[Path], list[str]]:
-    """A builder: `first`'s inputs, segmented once (with `options`) before the case's run."""
+def then(first: Build, *options: str) -> Build:
+    """Inputs: `first`'s, segmented once (with `options`) before the case's run."""
 
-    def build(folder: Path) -> list[str]:
-        arguments = first(folder)
-        earlier_run(folder, arguments, *options)
+    def build(c: CaseContext) -> list[str]:
+        arguments = first(c)
+        earlier_run(c, arguments, *options)
         return arguments
 
     return build
 
 
-def interrupted(folder: Path) -> list[str]:
+def interrupted(c: CaseContext) -> list[str]:
     """A run killed while writing its second record: one record, half of the next, no predictions.json."""
-    arguments = then(images(GOOD))(folder)
-    records = folder / "out" / "records" / "rank0.jsonl"
+    arguments = then(images(GOOD))(c)
+    records = c.dir / "out" / "records" / "rank0.jsonl"
     first, second = records.read_text().splitlines(keepends=True)
     records.write_text(first + second[: len(second) // 2])
-    (folder / "out" / "predictions.json").unlink()
+    (c.dir / "out" / "predictions.json").unlink()
     return arguments
 
 
-def overwritten(folder: Path) -> list[str]:
+def overwritten(c: CaseContext) -> list[str]:
     """An earlier semantic run of `old.png` in the output folder, which also holds a file of the user's."""
-    earlier_run(folder, images({"old.png": GOOD["good1.png"]}, folder_name="old")(folder), "--task", "semantic")
-    (folder / "out" / "notes.txt").write_text("the user's own file")
-    return [*images(GOOD)(folder), "--overwrite"]
+    earlier_run(c, images({"old.png": GOOD["good1.png"]}, folder_name="old")(c), "--task", "semantic")
+    (c.dir / "out" / "notes.txt").write_text("the user's own file")
+    return [*images(GOOD)(c), "--overwrite"]
 
 
-def legacy_output(folder: Path) -> list[str]:
+def legacy_output(c: CaseContext) -> list[str]:
     """An output folder of an older `eomt predict` (no run.json)."""
-    (folder / "out" / "overlays").mkdir(parents=True)
-    (folder / "out" / "predictions.json").write_text('{"annotations": [], "categories": []}')
-    return images(GOOD)(folder)
+    (c.dir / "out" / "overlays").mkdir(parents=True)
+    (c.dir / "out" / "predictions.json").write_text('{"annotations": [], "categories": []}')
+    return images(GOOD)(c)
 
 
-def dataset_rows(folder: Path) -> list[str]:
+def dataset_rows(c: CaseContext) -> list[str]:
     """A save_to_disk split whose second row holds bytes that are no image."""
     rows = datasets.Dataset.from_dict({"image": [{"bytes": GOOD["good1.png"], "path": None},
                                                  {"bytes": b"junk", "path": None},
                                                  {"bytes": GOOD["good2.png"], "path": None}]})  # fmt: skip
-    rows.cast_column("image", datasets.Image()).save_to_disk(folder / "rows")
-    return ["--hf-dataset", str(folder / "rows")]
+    rows.cast_column("image", datasets.Image()).save_to_disk(c.dir / "rows")
+    return ["--hf-dataset", str(c.dir / "rows")]
 
 
-def long_names(folder: Path) -> list[str]:
+def long_names(c: CaseContext) -> list[str]:
     """Two images whose names fill the file system's 255 bytes: the second one's suffixed name is too long."""
     stem = "x" * 251
-    return images({f"{stem}.png": GOOD["good1.png"], f"{stem}.jpg": GOOD["good2.png"]})(folder)
+    return images({f"{stem}.png": GOOD["good1.png"], f"{stem}.jpg": GOOD["good2.png"]})(c)
 
 
 def sixteen_bit() -> dict[str, bytes]:
@@ -181,13 +160,46 @@ def row(index: int) -> str:
     return f"rows row {index}"
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The command and its outcome
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def predict(inputs: Build) -> Build:
+    """A case's `eomt predict` arguments: the session's mask-free model, `inputs(c)` (images and options), `--out
+    c.dir / "out"` unless they name one, and `THRESHOLDS`."""
+
+    def build(c: CaseContext) -> list:
+        arguments = inputs(c)
+        out = [] if "--out" in arguments else ["--out", c.dir / "out"]
+        return [c.inference_model, *arguments, *out, *THRESHOLDS]
+
+    return build
+
+
+def written(*names: str) -> Callable[[CaseContext], None]:
+    """A check: `out/predictions.json` lists exactly the images `names`, in this order, each with its overlay."""
+
+    def verify(c: CaseContext) -> None:
+        out = c.dir / "out"
+        listed = [entry["file_name"] for entry in json.loads((out / "predictions.json").read_text())["annotations"]]
+        assert listed == list(names)
+        assert all((out / "overlays" / name).is_file() for name in names)
+
+    return verify
+
+
+NOTHING_WRITTEN = ("out/predictions.json",)
+
+
 CASES = [
     # One unusable image never stops the run: reported, named, skipped; the others written (issue 13, High 2).
-    Case("16-bit PNG is decoded, not refused", images(sixteen_bit()), 0, written=("deep.png", "good1.png", "good2.png")),
-    Case("every other PIL mode is decoded", images(modes()), 0,
-         written=("bits.png", "cmyk.png", "float.png", "la.png", "palette.png")),
-    *(Case(f"unusable image: {name}", images({name: data, **GOOD}), 3,
-           errors=((name, expected),), written=("good1.png", "good2.png"))
+    Case("predict", "16-bit PNG is decoded, not refused", predict(images(sixteen_bit())), status=0,
+         verify=written("deep.png", "good1.png", "good2.png")),
+    Case("predict", "every other PIL mode is decoded", predict(images(modes())), status=0,
+         verify=written("bits.png", "cmyk.png", "float.png", "la.png", "palette.png")),
+    *(Case("predict", f"unusable image: {name}", predict(images({name: data, **GOOD})), status=3,
+           error_lines=[(name, expected)], verify=written("good1.png", "good2.png"))
       for name, data, expected in [
           ("bomb.png", BAD["bomb.png"], "decompression bomb"),
           ("truncated.png", BAD["truncated.png"], "truncated"),
@@ -196,81 +208,60 @@ CASES = [
           ("float.tiff", BAD["float.tiff"], "floating-point images must be in [0, 1]"),
           ("int32.tiff", BAD["int32.tiff"], "must be 16-bit"),
       ]),
-    Case("every kind of bad image at once, batches of 3", images({**BAD, **GOOD}, "--batch-size", "3"), 3,
-         errors=tuple((name,) for name in sorted(BAD)), written=("good1.png", "good2.png")),
-    Case("a missing file among good ones", lambda folder: [*images(GOOD)(folder), str(folder / "gone.png")], 3,
-         errors=(("gone.png", "no such file or directory"),), written=("good1.png", "good2.png")),
-    Case("an empty folder among good ones", lambda folder: [*images(GOOD)(folder), *images({}, folder_name="void")(folder)],
-         3, errors=(("void", "no image files in this directory"),), written=("good1.png", "good2.png")),
-    Case("an empty folder before good ones (reported once)",
-         lambda folder: [*images({}, folder_name="void")(folder), *images(GOOD)(folder)], 3,
-         errors=(("void", "no image files in this directory"),), written=("good1.png", "good2.png")),
-    Case("a data set row that is no image", dataset_rows, 3, errors=((row(1), "cannot identify image file"),),
-         written=("00000000.png", "00000002.png")),
-    Case("a name too long for the file system once suffixed", long_names, 3,
-         errors=(("x" * 251 + ".", "cannot write its results", "File name too long"),), written=("x" * 251 + ".png",)),
+    Case("predict", "every kind of bad image at once, batches of 3",
+         predict(images({**BAD, **GOOD}, "--batch-size", "3")), status=3, error_lines=[(name,) for name in sorted(BAD)], verify=written("good1.png", "good2.png")),
+    Case("predict", "a missing file among good ones", predict(lambda c: [*images(GOOD)(c), str(c.dir / "gone.png")]),
+         status=3, error_lines=[("gone.png", "no such file or directory")], verify=written("good1.png", "good2.png")),
+    Case("predict", "an empty folder among good ones",
+         predict(lambda c: [*images(GOOD)(c), *images({}, folder_name="void")(c)]), status=3,
+         error_lines=[("void", "no image files in this directory")], verify=written("good1.png", "good2.png")),
+    Case("predict", "an empty folder before good ones (reported once)",
+         predict(lambda c: [*images({}, folder_name="void")(c), *images(GOOD)(c)]), status=3,
+         error_lines=[("void", "no image files in this directory")], verify=written("good1.png", "good2.png")),
+    Case("predict", "a data set row that is no image", predict(dataset_rows), status=3,
+         error_lines=[(row(1), "cannot identify image file")], verify=written("00000000.png", "00000002.png")),
+    Case("predict", "a name too long for the file system once suffixed", predict(long_names), status=3,
+         error_lines=[("x" * 251 + ".", "cannot write its results", "File name too long")],
+         verify=written("x" * 251 + ".png")),
     # Names: two images never share output files; one image never written twice.
-    Case("same stem, two formats", images({"a.png": GOOD["good1.png"], "a.jpg": GOOD["good2.png"]}), 0,
-         written=("a.png", "a~2.png")),
-    Case("same name in two folders (recursive)", images({"a.png": GOOD["good1.png"], "sub/a.png": GOOD["good2.png"]},
-         "--recursive"), 0, written=("a.png", "sub/a.png")),
-    Case("the same file given twice", lambda folder: [*images(GOOD)(folder), str(folder / "in" / "good1.png")], 0,
-         written=("good1.png", "good2.png")),
+    Case("predict", "same stem, two formats", predict(images({"a.png": GOOD["good1.png"], "a.jpg": GOOD["good2.png"]})),
+         status=0, verify=written("a.png", "a~2.png")),
+    Case("predict", "same name in two folders (recursive)",
+         predict(images({"a.png": GOOD["good1.png"], "sub/a.png": GOOD["good2.png"]}, "--recursive")), status=0,
+         verify=written("a.png", "sub/a.png")),
+    Case("predict", "the same file given twice", predict(lambda c: [*images(GOOD)(c), str(c.dir / "in" / "good1.png")]),
+         status=0, verify=written("good1.png", "good2.png")),
     # Nothing to do, or nowhere to write it: exit 2, nothing written.
-    Case("only missing inputs", lambda folder: [str(folder / "a.png"), str(folder / "b*.png")], 2,
-         errors=(("a.png", "no such file or directory"), ("b*.png", "no image file matches"), ("no images to process",))),
-    Case("output is a file", lambda folder: [*images(GOOD)(folder), "--out", str(folder / "in" / "good1.png")], 2,
-         errors=(("good1.png", "exists and is not a directory"),)),
-    Case("output folder inside a file", lambda folder: [*images(GOOD)(folder), "--out", str(folder / "in" / "good1.png" / "out")],
-         2, errors=(("good1.png/out: cannot write the results there", "Not a directory"),)),
-    Case("data set that does not exist", lambda folder: ["--hf-dataset", str(folder / "nothing")], 2,
-         errors=(("nothing", "cannot load the data set"),)),
-    Case("data set without the image column", lambda folder: [*dataset_rows(folder), "--image-column", "photo"], 2,
-         errors=(("rows", "no column 'photo'"),)),
+    Case("predict", "only missing inputs", predict(lambda c: [str(c.dir / "a.png"), str(c.dir / "b*.png")]),
+         error_lines=[("a.png", "no such file or directory"), ("b*.png", "no image file matches"),
+                      ("no images to process",)], absent=NOTHING_WRITTEN),  # fmt: skip
+    Case("predict", "output is a file", predict(lambda c: [*images(GOOD)(c), "--out", str(c.dir / "in" / "good1.png")]),
+         error_lines=[("good1.png", "exists and is not a directory")], absent=NOTHING_WRITTEN),
+    Case("predict", "output folder inside a file",
+         predict(lambda c: [*images(GOOD)(c), "--out", str(c.dir / "in" / "good1.png" / "out")]),
+         error_lines=[("good1.png/out: cannot write the results there", "Not a directory")], absent=NOTHING_WRITTEN),
+    Case("predict", "data set that does not exist", predict(lambda c: ["--hf-dataset", str(c.dir / "nothing")]),
+         error_lines=[("nothing", "cannot load the data set")], absent=NOTHING_WRITTEN),
+    Case("predict", "data set without the image column",
+         predict(lambda c: [*dataset_rows(c), "--image-column", "photo"]), error_lines=[("rows", "no column 'photo'")],
+         absent=NOTHING_WRITTEN),
     # A second run into the same folder (issue 13, Medium 7).
-    Case("same run again: resumed, nothing redone", then(images(GOOD)), 0, written=("good1.png", "good2.png")),
-    Case("run killed mid-record, run again: finished", interrupted, 0, written=("good1.png", "good2.png")),
-    Case("another task in the same folder", then(images(GOOD), "--task", "semantic"), 2,
-         errors=(("out holds predictions of a run with other settings", 'task: "semantic" before, "panoptic" now'),),
-         written=("good1.png", "good2.png"), kept=("out/semantic/good1.png",)),
-    Case("another run with --overwrite: replaced", overwritten, 0, written=("good1.png", "good2.png"),
-         kept=("out/notes.txt",), gone=("out/semantic", "out/overlays/old.png")),
-    Case("output of an older eomt predict (no run.json)", legacy_output, 2,
-         errors=(("out holds predictions without a run manifest",),), written=(), kept=("out/overlays",)),
+    Case("predict", "same run again: resumed, nothing redone", predict(then(images(GOOD))), status=0,
+         verify=written("good1.png", "good2.png")),
+    Case("predict", "run killed mid-record, run again: finished", predict(interrupted), status=0,
+         verify=written("good1.png", "good2.png")),
+    Case("predict", "another task in the same folder", predict(then(images(GOOD), "--task", "semantic")),
+         error_lines=[("out holds predictions of a run with other settings",
+                       'task: "semantic" before, "panoptic" now')],
+         verify=written("good1.png", "good2.png"), keeps=["out/semantic/good1.png"]),  # fmt: skip
+    Case("predict", "another run with --overwrite: replaced", predict(overwritten), status=0,
+         verify=written("good1.png", "good2.png"), keeps=["out/notes.txt"],
+         absent=["out/semantic", "out/overlays/old.png"]),
+    Case("predict", "output of an older eomt predict (no run.json)", predict(legacy_output),
+         error_lines=[("out holds predictions without a run manifest",)], verify=written(), present=["out/overlays"]),
 ]
 
 
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("robustness_predict")
-    torch.manual_seed(0)
-    tiny_model().save_pretrained(root / "model")
-    return root
-
-
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_predict_case(case: Case, model_root: Path, capsys):
-    folder = model_root / case.name.replace(" ", "_").replace("/", "_")
-    folder.mkdir()
-    argv = case.build(folder)
-    out = folder / "out"
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    capsys.readouterr()
-    status = main(["predict", str(model_root / "model"), *argv, *THRESHOLDS])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    assert status == case.status, captured.err
-    errors = [line for line in captured.err.splitlines() if "eomt predict: error: " in line]
-    assert len(errors) == len(case.errors), errors
-    for texts in case.errors:  # in any order: a folder lists its files in the file system's order
-        assert sum(all(text in line for text in texts) for line in errors) == 1, (texts, errors)
-    predictions = out / "predictions.json"
-    if case.written is None:
-        assert not predictions.exists()
-    else:
-        listed = [entry["file_name"] for entry in json.loads(predictions.read_text())["annotations"]]
-        assert listed == list(case.written)
-        assert all((out / "overlays" / name).is_file() for name in case.written)
-    assert [path for path in case.kept if not (folder / path).exists()] == []
-    assert [path for path in case.gone if (folder / path).exists()] == []
+@pytest.mark.parametrize("case", as_params(CASES))
+def test_predict(case, workspace, tmp_path, capsys, caplog):
+    check_case(case, workspace, tmp_path, capsys, caplog)

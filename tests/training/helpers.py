@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -26,6 +28,21 @@ def tiny_segmentation_model(seed: int = 0, variant: str = "dinov2-registers-swig
     """A perturbed tiny EoMT (3 layers, 2 masked blocks, 5 queries, 4 classes), identical for the same seed."""
     torch.manual_seed(seed)
     return perturb_(EoMTForUniversalSegmentation(tiny_config(variant, **overrides)))
+
+
+def tiny_inference_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
+    """A tiny EoMT (8 queries, weights perturbed by 0.5) in eval mode without masked attention, as after annealing:
+    what `eomt predict` gets."""
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, num_queries=8, **overrides)), scale=0.5).eval()
+    model.set_attn_mask_probs(0.0)  # mask-free inference, as after annealing
+    return model
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for `accelerate launch --main_process_port`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def random_targets(sizes: list[int], height: int, width: int, num_labels: int = 4, seed: int = 0):

@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_eomt import EoMTForUniversalSegmentation
-from tests.modeling.helpers import perturb_, tiny_config
+from tests.training.helpers import tiny_inference_model
 from training.inference import prepare_model, segment_areas_and_boxes
-
-
-def tiny_model(variant: str = "dinov2-registers-swiglu", **overrides) -> EoMTForUniversalSegmentation:
-    model = perturb_(EoMTForUniversalSegmentation(tiny_config(variant, num_queries=8, **overrides)), scale=0.5).eval()
-    model.set_attn_mask_probs(0.0)  # mask-free inference, as after annealing
-    return model
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_prepare_model_runs_half_precision_with_enable_fast_inference(dtype):
     torch.manual_seed(0)
-    model = tiny_model("dinov3")
+    model = tiny_inference_model("dinov3")
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         reference = model(pixel_values).masks_queries_logits

@@ -3,7 +3,6 @@ weights and report the same evaluation, equal to a single-process evaluation of 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.training.data_helpers import crop_validation_images
-from tests.training.helpers import single_thread  # noqa: F401 (fixture)
+from tests.training.helpers import free_port, single_thread  # noqa: F401 (fixture)
 from image_processing import EoMTImageProcessor
 from modeling_eomt import EoMTForUniversalSegmentation
 from training.data import EvalDataset, make_eval_dataset, write_synthetic_ade20k
@@ -23,12 +22,6 @@ from training.trainer import EoMTTrainer, recipe_training_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("multiprocess_train.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """`training.prediction_store`: who segments which image, names for images that share one, records cut short by a
 kill, the merge into `predictions.json`, and the run manifest (`eomt predict` uses them in
-`tests/training/commands/test_predict.py` and `tests/training/test_predict_sharded.py`)."""
+`tests/training/commands/test_predict.py` and `tests/training/commands/test_predict_sharded.py`)."""
 
 import json
 import os

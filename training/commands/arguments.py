@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -126,6 +127,37 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.dataset is not None:
         return {"data": args.dataset, "format": "hub", "hub_options": hub_options}
     return {"data": args.data, "format": args.format, "hub_options": hub_options}
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional `model` of the commands that read a checkpoint in any format (`load_model`)."""
+    parser.add_argument("model", help="model directory or Hub id (this package's or transformers' format), or the "
+                        "authors' original checkpoint file")  # fmt: skip
+
+
+def _looks_like_local_path(source: str) -> bool:
+    """Whether a missing `source` is meant as a local path rather than a Hub id (`owner/name`)."""
+    return (
+        source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+        or Path(source).suffix in (".bin", ".ckpt", ".pt", ".pth", ".safetensors")
+    )
+
+
+def load_model(source: str, delta_base: str | None = None, dataset: str | None = None, **overrides: Any):
+    """An `EoMTForUniversalSegmentation` (eval mode) from a checkpoint in any format (`checkpoints.load_checkpoint`);
+    any failure is an `InputError` naming `source`."""
+    from modeling_eomt import EoMTForUniversalSegmentation
+    from modeling_eomt.checkpoints import load_checkpoint
+    from training.prediction_inputs import first_line
+
+    if not Path(source).exists() and _looks_like_local_path(source):
+        raise InputError(f"{source}: no such model file or directory")
+    try:
+        return load_checkpoint(EoMTForUniversalSegmentation, source, delta_base=delta_base, dataset=dataset, **overrides)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        message = first_line(error)
+        raise InputError(message if source in message else f"{source}: {message}") from None
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser, original_only: str = "") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.commands.arguments import InputError
+from training.commands.arguments import InputError, add_model_argument, load_model
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -16,8 +16,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "ONNX model (onnxruntime and other runtimes) or a torch.export program (torch.export.load). The exported "
         "outputs are checked against the model on a random input.",
     )
-    parser.add_argument("model", help="model directory or Hub id (this package's or transformers' format), or the "
-                        "authors' original checkpoint file")  # fmt: skip
+    add_model_argument(parser)
     parser.add_argument("output", type=Path, help="file to write, e.g. model.onnx or model.pt2")
     parser.add_argument("--format", choices=("onnx", "torch"),
                         help="onnx or torch (default: from the output's suffix, .pt2 for torch; else onnx)")  # fmt: skip
@@ -35,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from modeling_eomt.export import FORMATS, check_exportable, check_image_size, export_model
-    from training.commands.predict import load_model
 
     suffixes = {suffix: name for name, suffix in FORMATS.items()}
     export_format = args.format or suffixes.get(args.output.suffix, "onnx")

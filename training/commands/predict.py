@@ -18,8 +18,10 @@ from training.commands.arguments import (
     INPUT_ERROR_STATUS,
     InputError,
     add_conversion_arguments,
+    add_model_argument,
     conversion_overrides,
     is_main_process,
+    load_model,
     report_error,
     resolve_device,
 )
@@ -43,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "result. Exit status: 0 every image done, 3 some inputs unusable (each reported; the others done), 2 unusable "
         "model, device, option or output folder (nothing done).",
     )
-    predict.add_argument("model", help="model directory or Hub id, or the authors' original checkpoint file")
+    add_model_argument(predict)
     predict.add_argument("images", nargs="*", help="image files, directories, or glob patterns (quoted)")
     predict.add_argument("--task", choices=("panoptic", "instance", "semantic"), default="panoptic")
     predict.add_argument("--out", default="outputs/predict", help="output directory (default: outputs/predict)")
@@ -84,31 +86,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_conversion_arguments(predict, original_only="original checkpoints: ")
     predict.set_defaults(run=run)
-
-
-def _looks_like_local_path(source: str) -> bool:
-    """Whether a missing `source` is meant as a local path rather than a Hub id (`owner/name`)."""
-    return (
-        source.startswith(("/", ".", "~"))
-        or source.count("/") > 1
-        or Path(source).suffix in (".bin", ".ckpt", ".pt", ".pth", ".safetensors")
-    )
-
-
-def load_model(source: str, delta_base: str | None = None, dataset: str | None = None, **overrides: Any):
-    """An `EoMTForUniversalSegmentation` (eval mode) from a checkpoint in any format (`checkpoints.load_checkpoint`);
-    any failure is an `InputError` naming `source`."""
-    from modeling_eomt import EoMTForUniversalSegmentation
-    from modeling_eomt.checkpoints import load_checkpoint
-    from training.inference import first_line
-
-    if not Path(source).exists() and _looks_like_local_path(source):
-        raise InputError(f"{source}: no such model file or directory")
-    try:
-        return load_checkpoint(EoMTForUniversalSegmentation, source, delta_base=delta_base, dataset=dataset, **overrides)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        message = first_line(error)
-        raise InputError(message if source in message else f"{source}: {message}") from None
 
 
 def parse_stuff_classes(text: str, num_labels: int) -> list[int]:

@@ -23,8 +23,7 @@ from modeling_eomt.checkpoints import save_as_transformers_eomt
 from modeling_eomt.labels import COCO_NUM_THING_CLASSES, COCO_PANOPTIC_CATEGORIES, DATASET_CLASSES
 from tests.modeling.checkpoints.references import original_state_dict, source_model
 from tests.modeling.helpers import perturb_
-from tests.training.helpers import single_thread  # noqa: F401 (fixture)
-from tests.training.test_inference import tiny_model
+from tests.training.helpers import single_thread, tiny_inference_model  # noqa: F401 (fixture)
 from training.commands import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -41,7 +40,7 @@ def workspace(tmp_path_factory):
     RGBA) in `images/`, plus a text file that is not an image."""
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
-    tiny_model().save_pretrained(root / "model")
+    tiny_inference_model().save_pretrained(root / "model")
     rng = np.random.default_rng(0)
     images = root / "images"
     images.mkdir()
@@ -196,7 +195,7 @@ def test_coco_classes_get_coco_category_ids_and_isthing(tmp_path):
     """Models with COCO's panoptic classes write COCO category ids and fuse COCO's stuff classes by default."""
     torch.manual_seed(0)
     names = DATASET_CLASSES["coco_panoptic"]
-    model = tiny_model(num_labels=len(names), id2label=dict(enumerate(names)))
+    model = tiny_inference_model(num_labels=len(names), id2label=dict(enumerate(names)))
     model.save_pretrained(tmp_path / "model")
     image = tmp_path / "image.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
@@ -215,7 +214,7 @@ def test_coco_classes_get_coco_category_ids_and_isthing(tmp_path):
 
 def test_semantic_png_is_16_bit_beyond_256_classes(tmp_path):
     torch.manual_seed(0)
-    tiny_model(num_labels=300).save_pretrained(tmp_path / "model")
+    tiny_inference_model(num_labels=300).save_pretrained(tmp_path / "model")
     image = tmp_path / "image.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image)
     assert run(tmp_path / "model", image, "--task", "semantic", "--out", tmp_path / "out") == 0
@@ -293,7 +292,7 @@ def test_other_settings_in_the_same_folder_are_refused_and_overwrite_replaces(wo
     images = workspace / "images"
     assert run(workspace / "model", images, "--out", out, *PANOPTIC_OPTIONS) == 0
     torch.manual_seed(1)
-    tiny_model().save_pretrained(tmp_path / "other_model")
+    tiny_inference_model().save_pretrained(tmp_path / "other_model")
     capsys.readouterr()
     refused = {
         "task": [workspace / "model", images, "--task", "semantic"],

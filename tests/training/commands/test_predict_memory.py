@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.training.test_inference import tiny_model
+from tests.training.helpers import tiny_inference_model
 
 ROOT = Path(__file__).resolve().parents[3]
 IMAGES, BASELINE_AFTER, ALLOWED_GROWTH_MIB = 2000, 100, 100
@@ -36,7 +36,7 @@ def records_done(out: Path) -> int:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set size from /proc")
 def test_resident_memory_stays_flat_over_2000_images(tmp_path):
     torch.manual_seed(0)
-    tiny_model().save_pretrained(tmp_path / "model")
+    tiny_inference_model().save_pretrained(tmp_path / "model")
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

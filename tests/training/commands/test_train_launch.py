@@ -6,13 +6,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 from tests.training.commands.helpers import FAST, TINY, assert_error
-from tests.training.test_multiprocess import free_port
+from tests.training.helpers import free_port
 from training import launch
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,19 +42,3 @@ def test_a_process_outside_the_process_group_stops_before_training(panoptic_root
                          expected="was started as rank 1 of 2")  # fmt: skip
     assert "but runs 1 process(es) together" in error and f"write to {out}" in error
     assert not out.exists() or not any(out.iterdir())  # nothing trained, nothing written
-
-
-def test_launch_checks(monkeypatch):
-    args = SimpleNamespace(world_size=1, parallel_mode="ParallelMode.NOT_PARALLEL", output_dir="runs/x")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert launch.launched_processes() == 1
-    launch.check_process_group(args)  # no launcher: one process is right
-    assert launch.launch_uses_cpu(False) is False
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="rank .* of 2 .* every process would train its own copy and write to runs/x"):
-        launch.check_process_group(args)
-    launch.check_process_group(SimpleNamespace(world_size=2))  # together
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
-    assert launch.launch_uses_cpu(False) is True  # several processes, no accelerator: together on the CPU
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
-    assert launch.launch_uses_cpu(False) is False  # one GPU per process: accelerate's DDP

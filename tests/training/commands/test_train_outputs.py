@@ -50,20 +50,3 @@ def test_an_interrupted_save_leaves_the_previous_model_intact(tmp_path):
         trainer.save_model(str(tmp_path / "final"))  # the weights were written before the processor failed
     assert {path.name: path.read_bytes() for path in (tmp_path / "final").iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["final", "run"]  # no staging folder left behind
-
-
-def test_sharded_checkpoints_are_checked_for_what_they_hold(tmp_path):
-    """FSDP / DeepSpeed checkpoints keep weights and optimizer state in their own folders: no optimizer.pt needed,
-    but the trainer state and the random state still are."""
-    from training.resume import check_resumable
-
-    checkpoint = tmp_path / "checkpoint-6"
-    (checkpoint / "optimizer_0").mkdir(parents=True)
-    torch.save({"python": 1}, checkpoint / "rng_state_0.pth")
-    with pytest.raises(ValueError, match=r"checkpoint-6 is incomplete: no trainer_state\.json \(an interrupted save"):
-        check_resumable(checkpoint)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
-    check_resumable(checkpoint)
-    (checkpoint / "trainer_state.json").write_text('{"global_step": ')
-    with pytest.raises(ValueError, match=r"trainer_state\.json: not readable"):
-        check_resumable(checkpoint)

@@ -5,7 +5,6 @@ model config and `eomt predict` writes them, so that pycocotools scores its outp
 import json
 
 import datasets
-import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO

@@ -14,11 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.training.test_inference import tiny_model
-from tests.training.test_multiprocess import free_port
+from tests.training.helpers import free_port, tiny_inference_model
 from training.commands import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OPTIONS = ["--threshold", "0.3", "--overlap-threshold", "0.3", "--recursive"]
 # Run `eomt predict` in this process, killing it with SIGKILL halfway through writing record number KILL_AT + 1.
 KILLED_RUN = """
@@ -59,7 +58,7 @@ def workspace(tmp_path_factory):
     """A tiny model and 14 images: 10 in `images/`, 3 in `images/sub/`, and `003.jpg` beside `003.png`."""
     root = tmp_path_factory.mktemp("sharded")
     torch.manual_seed(0)
-    tiny_model().save_pretrained(root / "model")
+    tiny_inference_model().save_pretrained(root / "model")
     rng = np.random.default_rng(0)
     (root / "images" / "sub").mkdir(parents=True)
     for index in range(10):
