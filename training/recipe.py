@@ -86,6 +86,11 @@ def data_statistics(source: SegmentationSource, input_size: int, max_images: int
     return DataStatistics(len(image_sides), float(np.median(image_sides)), quantiles, bool(thing_sides))
 
 
+def is_short_scratch_run(from_scratch: bool, passes: float | None) -> bool:
+    """A run from random weights over at most `SCRATCH_JITTER_PASSES` passes: it trains without scale jitter."""
+    return from_scratch and passes is not None and passes <= SCRATCH_JITTER_PASSES
+
+
 def augmentation_scale(
     statistics: DataStatistics | None, patch_size: int, task: str, from_scratch: bool, passes: float | None = None
 ) -> tuple[tuple[float, float], str]:
@@ -103,7 +108,7 @@ def augmentation_scale(
     trained from scratch, the large things (90th percentile) for a pre-trained one (whose features already know small
     objects; COCO keeps 0.1). The upper bound stays.
     """
-    if from_scratch and passes is not None and passes <= SCRATCH_JITTER_PASSES:
+    if is_short_scratch_run(from_scratch, passes):
         return (1.0, 1.0), (f"no scale jitter: {passes:.1f} passes over the data from random weights (up to "
                             f"{SCRATCH_JITTER_PASSES}) learn more from views at the evaluation scale")  # fmt: skip
     low, high = (0.5, 2.0) if task == "semantic" else (0.1, 2.0)
@@ -194,7 +199,8 @@ def choose_recipe(
         chosen.update(shortened)
         why.update(reasons)
     info: DatasetInfo = source.info
-    statistics = None if settings.augmentation_scale is not None else data_statistics(source, input_size)
+    inspect = settings.augmentation_scale is None and not is_short_scratch_run(from_scratch, passes)
+    statistics = data_statistics(source, input_size) if inspect else None
     scale, scale_reason = augmentation_scale(statistics, patch_size, info.task, from_scratch, passes)
     chosen.update(augmentation_scale=scale, color_jitter=info.task == "semantic", num_points=None, no_object_weight=None)
     why.update(

@@ -63,6 +63,17 @@ def test_random_weights_get_the_from_scratch_recipe_and_a_pretrained_start_the_a
     assert choose_recipe(pretrained, source, 48, 8, 400, passes=6.5).augmentation_scale == authors.augmentation_scale
 
 
+def test_the_data_is_read_only_when_the_scale_range_depends_on_it(scene_set, tmp_path, monkeypatch):
+    source = load_coco_panoptic(scene_set, "train")
+    reads = []
+    monkeypatch.setattr("training.recipe.data_statistics", lambda *args: reads.append(args) or None)
+    choose_recipe(settings(scene_set, tmp_path), source, 48, 8, total_steps=400, passes=6.5)  # short: no jitter
+    choose_recipe(settings(scene_set, tmp_path, augmentation_scale=(0.5, 1.5)), source, 48, 8, 400, passes=30)  # given
+    assert reads == []
+    choose_recipe(settings(scene_set, tmp_path), source, 48, 8, total_steps=400, passes=30)
+    assert reads == [(source, 48)]
+
+
 def test_given_values_win_and_are_reported_as_given(scene_set, tmp_path):
     given = dict(learning_rate=5e-4, layer_decay=0.9, max_grad_norm=0.5, head_warmup_steps=3, backbone_warmup_steps=1,
                  augmentation_scale=(0.7, 1.3), color_jitter=True, num_points=256, no_object_weight=0.2)  # fmt: skip

@@ -1,4 +1,4 @@
-"""`eomt train`: train EoMT on a data set folder with the authors' recipe (`training.run.train`, `TrainSettings`)."""
+"""`eomt train`: train EoMT on a data set (`training.run.train`, `TrainSettings`; the recipe from `training.recipe`)."""
 
 from __future__ import annotations
 
