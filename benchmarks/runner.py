@@ -39,6 +39,8 @@ def check_arguments(args: argparse.Namespace) -> list[Section]:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be a multiple of the patch size 16, got {getattr(args, name)}"
             )
+    if args.out is not None and args.out.is_dir():  # checked before the first section, not after it
+        raise ValueError(f"--out is the JSON report's file, got the directory {args.out}")
     return select_sections(args.sections, device, rehearse=getattr(args, "rehearse", False))
 
 

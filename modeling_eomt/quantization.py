@@ -65,8 +65,13 @@ class Int8Linear(nn.Module):
     def forward(self, hidden_states: Tensor) -> Tensor:
         if self.training:
             return F.linear(hidden_states, self.weight, self.bias)
-        # oneDNN quantises float32 inputs only; under autocast the attention output arrives in bfloat16
-        return torch.ops.quantized.linear_dynamic(hidden_states.float(), self.packed_weight, False)
+        # oneDNN quantises float32 inputs only (under autocast the attention output arrives in bfloat16) and returns
+        # float32; under autocast the output takes autocast's dtype, as `nn.Linear`'s would, so that the attention
+        # after the qkv projection runs in that dtype's kernel (`fast_paths.CPU_KERNELS`), not in float32.
+        output = torch.ops.quantized.linear_dynamic(hidden_states.float(), self.packed_weight, False)
+        if torch.is_autocast_enabled(output.device.type):
+            return output.to(torch.get_autocast_dtype(output.device.type))
+        return output
 
     def to_linear(self) -> nn.Linear:
         """The `nn.Linear` with the same (shared) weight and bias."""

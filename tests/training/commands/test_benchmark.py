@@ -7,13 +7,16 @@ from benchmarks.registry import load_sections
 from training.commands import main as eomt
 
 
-def test_cli_rejects_bad_options_with_one_line(capsys):
+def test_cli_rejects_bad_options_with_one_line(capsys, tmp_path):
     assert eomt(["benchmark", "--sections", "forward,nope"]) == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
     assert eomt(["benchmark", "--train-image-size", "100"]) == 2
     assert "--train-image-size must be a multiple of the patch size 16, got 100" in capsys.readouterr().err
     assert eomt(["benchmark", "--repeats", "0"]) == 2
     assert capsys.readouterr().err == "eomt benchmark: error: --repeats must be at least 1, got 0\n"
+    assert eomt(["benchmark", "--sections", "forward", "--out", str(tmp_path)]) == 2  # before any section runs
+    error = f"eomt benchmark: error: --out is the JSON report's file, got the directory {tmp_path}\n"
+    assert capsys.readouterr().err == error
 
 
 def test_help_lists_every_section(capsys):
