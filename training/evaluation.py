@@ -255,28 +255,31 @@ class SegmentationEvaluator:
 
     def calibration(self) -> dict[str, Any]:
         """Panoptic: the threshold, per class the queries predicting it above the threshold and the best score
-        (`ClassScores`), and `silent_things`, the thing classes that no query predicts above the threshold although
-        the ground truth holds them (their PQ is 0 at this threshold, whatever the masks)."""
+        (`ClassScores`), and `silent_things` / `silent_stuff`, the thing / stuff classes that no query predicts above
+        the threshold although the ground truth holds them (their PQ is 0 at this threshold, whatever the masks)."""
         scores = self.class_scores.compute()
         names = self.metric.label_names
         state = self.metric.reduced_state()
         present = (state["true_positives"] + state["false_negatives"]) > 0
-        silent = [names[label] for label in self.info.thing_ids if present[label] and scores["above_threshold"][label] == 0]
+        silent = [label for label in range(len(names)) if present[label] and scores["above_threshold"][label] == 0]
+        things = set(self.info.thing_ids)
         return {
             "threshold": self.threshold,
             "above_threshold": dict(zip(names, scores["above_threshold"])),
             "best_score": dict(zip(names, scores["best_score"])),
-            "silent_things": silent,
+            "silent_things": [names[label] for label in silent if label in things],
+            "silent_stuff": [names[label] for label in silent if label not in things],
         }
 
 
 def calibration_warnings(calibration: Mapping[str, Any]) -> list[str]:
-    """One message per thing class of `SegmentationEvaluator.calibration` that has no prediction above the
+    """One message per thing or stuff class of `SegmentationEvaluator.calibration` that has no prediction above the
     threshold (none for an empty `calibration`: not a panoptic evaluation)."""
     threshold = calibration.get("threshold")
     return [
-        f"thing class {name!r} has no prediction with a class score above the threshold {threshold:g} (best score "
+        f"{kind} class {name!r} has no prediction with a class score above the threshold {threshold:g} (best score "
         f"{calibration['best_score'][name]:.2f} or less), so its PQ is 0 at this threshold; see pq@... for lower "
         "thresholds, or train longer"
-        for name in calibration.get("silent_things", ())
+        for kind, key in (("thing", "silent_things"), ("stuff", "silent_stuff"))
+        for name in calibration.get(key, ())
     ]

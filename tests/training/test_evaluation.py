@@ -25,6 +25,7 @@ from training.data import (
     make_eval_dataset,
     write_synthetic_ade20k,
 )
+from training.data.synthetic import STUFF_CLASSES
 from training.evaluation import (
     SWEEP_THRESHOLDS,
     ClassScores,
@@ -342,7 +343,7 @@ def test_sweep_pq_equals_the_pq_of_an_evaluation_at_that_threshold(synthetic_pan
     assert results["pq"] == results["pq@0.8"] == values[2]
 
 
-def test_a_thing_class_without_predictions_above_the_threshold_is_named(synthetic_panoptic, tmp_path, caplog):
+def test_a_class_without_predictions_above_the_threshold_is_named(synthetic_panoptic, tmp_path, caplog):
     dataset = make_eval_dataset(synthetic_panoptic[0], "val")
     model = tiny_model(dataset.info.num_labels, seed=5)
     with torch.no_grad():  # every query predicts "box" with probability ~0.6, or "sky" with ~0.9
@@ -359,10 +360,13 @@ def test_a_thing_class_without_predictions_above_the_threshold_is_named(syntheti
     assert calibration["above_threshold"]["disc"] == 0 and calibration["best_score"]["disc"] == 0.0
     present = {name for name, counts in trainer.eval_per_class.items() if counts["tp"] + counts["fn"] > 0}
     assert "box" in present and set(calibration["silent_things"]) == present & {"disc", "box", "triangle", "cross"}
+    assert "sky" in present and set(calibration["silent_stuff"]) == present & set(STUFF_CLASSES)  # none predicted
     messages = [record.getMessage() for record in caplog.records]
     assert any("thing class 'box' has no prediction with a class score above the threshold 0.8 (best score 0.65" in m
                for m in messages)  # fmt: skip
-    assert len(messages) == len(calibration["silent_things"])
+    assert any("stuff class 'sky' has no prediction with a class score above the threshold 0.8 (best score 0.00" in m
+               for m in messages)  # fmt: skip
+    assert len(messages) == len(calibration["silent_things"]) + len(calibration["silent_stuff"])
 
 
 def test_class_scores_count_each_query_under_its_best_class():
