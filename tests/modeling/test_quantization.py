@@ -49,7 +49,12 @@ def test_int8_attention_runs_in_bfloat16(monkeypatch):
     model = EoMTForUniversalSegmentation(tiny_config()).enable_fast_inference("int8")
     model.set_attn_mask_probs(0.0)
     seen, attention = [], fast_paths.attention
-    monkeypatch.setattr(fast_paths, "attention", lambda query, *args: seen.append(query.dtype) or attention(query, *args))
+
+    def recording_attention(query, *args):
+        seen.append(query.dtype)
+        return attention(query, *args)
+
+    monkeypatch.setattr(fast_paths, "attention", recording_attention)
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     assert seen == [torch.bfloat16] * model.config.num_hidden_layers

@@ -346,7 +346,7 @@ def test_sweep_pq_equals_the_pq_of_an_evaluation_at_that_threshold(synthetic_pan
 def test_a_class_without_predictions_above_the_threshold_is_named(synthetic_panoptic, tmp_path, caplog):
     dataset = make_eval_dataset(synthetic_panoptic[0], "val")
     model = tiny_model(dataset.info.num_labels, seed=5)
-    with torch.no_grad():  # every query predicts "box" with probability ~0.6, or "sky" with ~0.9
+    with torch.no_grad():  # every query predicts "box" with probability ~0.6 and "no object" with the rest
         model.class_predictor.weight.zero_()
         model.class_predictor.bias.fill_(-20.0)
         model.class_predictor.bias[CLASS_NAMES.index("box")] = 0.0

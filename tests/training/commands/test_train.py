@@ -30,7 +30,8 @@ def test_train_writes_a_loadable_model_metrics_history_and_curves(trained_run, p
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_pq", "eval_sq", "eval_rq", "eval_pq_things", "eval_pq_stuff", "eval_loss", "eval_pq@0.5"} <= set(metrics)
-    assert set(metrics["calibration"]) == {"threshold", "above_threshold", "best_score", "silent_things", "silent_stuff"}
+    calibration_keys = {"threshold", "above_threshold", "best_score", "silent_things", "silent_stuff"}
+    assert set(metrics["calibration"]) == calibration_keys
     assert set(metrics["per_class"]) <= set(CLASS_NAMES) and metrics["per_class"]
     history = json.loads((out / "log_history.json").read_text())
     assert [record["step"] for record in history if "eval_pq" in record] == [2, 4, 4]  # steps 2, 4 and the final one
