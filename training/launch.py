@@ -5,11 +5,13 @@ and these make sure that the processes work on one model together, never on one 
   together (gloo), as with `--cpu`; transformers would otherwise leave each process alone.
 - `check_process_group`: a process that was launched as one of several but whose `Trainer` runs alone stops with an
   error that says so, before it trains or writes anything.
+- `end_process_group`: the process leaves its process group when its command is done, before the interpreter exits.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 
@@ -43,3 +45,12 @@ def check_process_group(args: Any) -> None:
         f"train its own copy and write to {args.output_dir}. Launch at most one process per GPU (accelerate launch "
         "--multi_gpu --num_processes N), or pass --cpu to train together on the CPU"
     )
+
+
+def end_process_group() -> None:
+    """Leave the process group (joined by accelerate / transformers for a multi-process launch), if any. A gloo group
+    left to the interpreter's exit can abort the process after its work is done ("terminate called without an active
+    exception", SIGABRT), which fails the launch; PyTorch asks for `destroy_process_group` before exit."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no group to leave
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -20,6 +20,7 @@ if ROOT not in sys.path:
 from transformers import TrainerCallback  # noqa: E402
 
 from training.annealing import unwrap_model  # noqa: E402
+from training.launch import end_process_group  # noqa: E402
 from training.run import train  # noqa: E402
 from training.settings import TrainSettings  # noqa: E402
 
@@ -54,6 +55,7 @@ def main(data: str, output_dir: str) -> None:
     rank = int(os.environ.get("RANK", 0))
     result = {"rank": rank, "world_size": record.world_size, "checksum": record.checksum, "metrics": metrics}
     Path(output_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    end_process_group()  # as `eomt` does after its command
 
 
 if __name__ == "__main__":

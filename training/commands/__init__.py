@@ -19,6 +19,7 @@ from training.commands.arguments import (
     report_error,
     user_message,
 )
+from training.launch import end_process_group
 
 COMMANDS = (quickstart, demo, convert, train, evaluate, predict, export, benchmark)  # in the order `eomt --help` lists them
 
@@ -51,3 +52,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         report_error(args.command, user_message(error))
         return INPUT_ERROR_STATUS
+    finally:
+        end_process_group()
