@@ -8,17 +8,24 @@ hand loop, on generated panoptic sets unlike the demo's (`training.data.syntheti
 For every set the data is generated once and two models of the same shape are trained from scratch, one after the
 other in this process, for the same number of steps at the same batch size:
 
-- `eomt train`: `training.run.train(TrainSettings(...))` (what `eomt train --model ...` runs) with its defaults:
-  the recipe it chooses for a random initialisation and for the data (printed), its augmentation, loss and trainer;
+- `eomt train`: `training.run.train(TrainSettings(...))` (what `eomt train --model ... --eval-split val` runs) with
+  its defaults: the recipe it chooses for a random initialisation and for the data (printed), its augmentation, loss
+  and trainer, and the post-processing (class-score and mask-overlap thresholds) it chooses on the `val` split and
+  saves with the model;
 - the hand loop: transformers' `EomtForUniversalSegmentation` with the loss of its own `forward`, AdamW (lr 3e-4,
   weight decay 0.05), a 100-step linear warm-up then polynomial decay (power 0.9), the paper's per-block mask
   annealing, no augmentation, gradient clipping at 1.0, images and masks held in memory (the issue's 40 lines).
 
-Both are evaluated mask-free on the validation split with this package's image processor, post-processing and PQ
-(the transformers model's outputs go through the same post-processing), at the class-score thresholds 0.3 to 0.8
-from one forward pass per image. Train time is the wall-clock time of the training steps (`Trainer`'s
-`train_runtime`; the hand loop's loop), evaluation excluded; train CPU time that of the whole training call (this
-process and its data-loading workers: the steadier measure on a shared CPU). Writes `learning.md` (the table),
+Both are evaluated mask-free on a `test` split that neither saw (generated like the others), with this package's
+image processor, post-processing and PQ (the transformers model's outputs go through the same post-processing): `PQ`
+at each model's own post-processing (what `eomt train` saved; transformers' defaults, thresholds 0.8 / 0.8, for the
+hand loop) and at the class-score thresholds 0.3 to 0.8, from one forward pass per image. A third row, `hand loop,
+calibrated`, scores the hand loop's model with the post-processing that `eomt train`'s procedure
+(`training.evaluation.choose_postprocessing` on the `val` split) picks for it: what the recipe gains beyond that
+choice. Train time is the wall-clock time of the training
+steps (`Trainer`'s `train_runtime`; the hand loop's loop), evaluation excluded; train CPU time that of the whole
+training call (this process and its data-loading workers: the steadier measure on a shared CPU), for `eomt train`
+its evaluation on `val` included. Writes `learning.md` (the table),
 `learning.json` and `learning.png` (PQ against the threshold, one panel per set) to `--out`.
 """
 
@@ -35,19 +42,20 @@ from pathlib import Path
 from typing import Any
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-DEFAULT_THRESHOLD = 0.8
 RUNS = ("eomt train", "hand loop")
+CALIBRATED = "hand loop, calibrated"  # reported with the hand loop: its model, post-processing chosen on val
 
 
 @dataclass(frozen=True)
 class LearningOptions:
-    """The scale of the benchmark (see `PRESETS`); `image_size` None keeps every set's own size, `max_image_size`
-    caps it; `num_points` None lets `eomt train` choose; `hand_num_points` is the hand loop's (transformers'
-    default 12544)."""
+    """The scale of the benchmark (see `PRESETS`); `val_images` are `eomt train`'s evaluation split, `test_images`
+    the images both runs are scored on; `image_size` None keeps every set's own size, `max_image_size` caps it;
+    `num_points` None lets `eomt train` choose; `hand_num_points` is the hand loop's (transformers' default 12544)."""
 
     sets: tuple[str, ...] = ("A", "B", "C")
     train_images: int = 1500
     val_images: int = 100
+    test_images: int = 100
     steps: int = 1200
     batch_size: int = 8
     hidden_size: int = 192
@@ -73,9 +81,10 @@ class LearningOptions:
 PRESETS = {
     "issue": LearningOptions(),
     # 2 CPU cores: 5-8 CPU minutes per set and run (set C is rendered at 128 px).
-    "cpu": LearningOptions(train_images=600, val_images=60, steps=500, hidden_size=96, max_image_size=128),
-    "ci": LearningOptions(train_images=8, val_images=3, steps=2, batch_size=2, hidden_size=32, layers=2, heads=2,
-                          queries=6, blocks=1, image_size=32, num_points=64, hand_num_points=64, hand_warmup=1,
+    "cpu": LearningOptions(train_images=600, val_images=60, test_images=60, steps=500, hidden_size=96,
+                           max_image_size=128),
+    "ci": LearningOptions(train_images=8, val_images=3, test_images=3, steps=2, batch_size=2, hidden_size=32, layers=2,
+                          heads=2, queries=6, blocks=1, image_size=32, num_points=64, hand_num_points=64, hand_warmup=1,
                           workers=0),  # fmt: skip
 }
 
@@ -129,9 +138,10 @@ def write_set(root: Path, name: str, options: LearningOptions) -> tuple[Path, in
     if name not in SCENE_SETS:
         raise ValueError(f"unknown set {name!r}; choose from {', '.join(SCENE_SETS)}")
     size = options.set_size(SCENE_SETS[name].image_size)
-    folder = root / f"set_{name}_{size}px_{options.train_images}_{options.val_images}_seed{options.seed}"
-    if not (folder / "annotations" / "panoptic_val2017.json").is_file():
-        write_scene_set(folder, name, options.train_images, options.val_images, seed=options.seed, image_size=size)
+    counts = (options.train_images, options.val_images, options.test_images)
+    folder = root / f"set_{name}_{size}px_{'_'.join(map(str, counts))}_seed{options.seed}"
+    if not (folder / "annotations" / "panoptic_test2017.json").is_file():
+        write_scene_set(folder, name, *counts[:2], seed=options.seed, image_size=size, num_test=counts[2])
     return folder, size
 
 
@@ -142,8 +152,8 @@ def model_config_fields(options: LearningOptions) -> dict[str, Any]:
 
 
 def train_eomt(data: Path, out: Path, size: int, options: LearningOptions, device: str, **overrides: Any) -> dict[str, Any]:
-    """`eomt train` with its defaults (`overrides`: `TrainSettings` fields, for ablations). Returns the trained model,
-    the seconds of training and the recipe."""
+    """`eomt train` with its defaults, evaluated on the `val` split (`overrides`: `TrainSettings` fields, for
+    ablations). Returns the trained model, the seconds of training, the recipe and the saved post-processing."""
     from modeling_eomt import EoMTForUniversalSegmentation
     from training.run import train
     from training.settings import TrainSettings
@@ -151,7 +161,7 @@ def train_eomt(data: Path, out: Path, size: int, options: LearningOptions, devic
     settings = dict(
         data=str(data), output_dir=str(out), size="S", model_config=model_config_fields(options),
         num_queries=options.queries, num_blocks=options.blocks, image_size=size, max_steps=options.steps,
-        batch_size=options.batch_size, eval_split=None, num_points=options.num_points, workers=options.workers,
+        batch_size=options.batch_size, eval_split="val", num_points=options.num_points, workers=options.workers,
         seed=options.seed, save_steps=10**9, logging_steps=max(1, options.steps // 20), use_cpu=device == "cpu",
         progress=False,
     )  # fmt: skip
@@ -160,7 +170,9 @@ def train_eomt(data: Path, out: Path, size: int, options: LearningOptions, devic
     recipe = json.loads((out / "recipe.json").read_text())
     model = EoMTForUniversalSegmentation.from_pretrained(out)
     seconds = next(record["train_runtime"] for record in history if "train_runtime" in record)
-    return {"model": model, "train_seconds": seconds, "recipe": recipe}
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    postprocessing = {key: processor[key] for key in ("threshold", "overlap_mask_area_threshold")}
+    return {"model": model, "train_seconds": seconds, "recipe": recipe, "postprocessing": postprocessing}
 
 
 def train_hand_loop(data: Path, size: int, options: LearningOptions, device: str) -> dict[str, Any]:
@@ -225,19 +237,24 @@ def train_hand_loop(data: Path, size: int, options: LearningOptions, device: str
     return {"model": model, "train_seconds": seconds}
 
 
-def evaluate_pq(model: Any, data: Path, size: int, device: str, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
-    """PQ (all, things, stuff) of `model` (this package's or transformers' EoMT) on the `val` split, mask-free, with
-    this package's processor, post-processing and metric: at `DEFAULT_THRESHOLD` (`pq`, `pq_things`, `pq_stuff`)
-    and at every threshold of `thresholds` (`pq@t`, ...), from one forward pass per image; plus the calibration."""
+def evaluate_pq(
+    model: Any, data: Path, size: int, device: str, postprocessing: dict[str, float] | None = None,
+    split: str = "test", overlaps: Sequence[float] = (), thresholds: Sequence[float] = THRESHOLDS,
+) -> dict[str, Any]:  # fmt: skip
+    """PQ (all, things, stuff) of `model` (this package's or transformers' EoMT) on `split`, mask-free, with this
+    package's processor, post-processing and metric: with `postprocessing` (`threshold` and
+    `overlap_mask_area_threshold`; default the authors' 0.8 / 0.8) (`pq`, `pq_things`, `pq_stuff`, and the settings)
+    and at every threshold of `thresholds` (`pq@t`, ...), from one forward pass per image; plus the calibration (with
+    every mask-overlap threshold of `overlaps` in its `sweep`)."""
     import torch
 
     from training.data import make_eval_dataset
     from training.evaluation import SegmentationEvaluator, evaluation_dataloader, inference_attention
     from training.run import build_processor
 
-    dataset = make_eval_dataset(data, "val")
-    evaluator = SegmentationEvaluator(dataset.info, build_processor(dataset.info, size), {"threshold": DEFAULT_THRESHOLD},
-                                      sweep_thresholds=thresholds)  # fmt: skip
+    dataset = make_eval_dataset(data, split)
+    evaluator = SegmentationEvaluator(dataset.info, build_processor(dataset.info, size), postprocessing,
+                                      sweep_thresholds=thresholds, sweep_overlaps=overlaps)  # fmt: skip
     model = model.to(device).eval()
     with inference_attention(model), torch.no_grad():
         for examples in evaluation_dataloader(dataset, batch_size=16):
@@ -249,7 +266,21 @@ def evaluate_pq(model: Any, data: Path, size: int, device: str, thresholds: Sequ
     results = evaluator.compute()
     names = ("pq", "pq_things", "pq_stuff")
     keys = [*names, *(f"{name}@{t:g}" for t in thresholds for name in names)]
-    return {**{key: results[key] for key in keys}, "calibration": results["calibration"]}
+    settings = {key: results[key] for key in ("threshold", "overlap_mask_area_threshold")}
+    return {**{key: results[key] for key in keys}, "postprocessing": settings, "calibration": results["calibration"]}
+
+
+def calibrated_postprocessing(model: Any, data: Path, size: int, device: str) -> dict[str, Any]:
+    """The post-processing `eomt train` would save for `model`: `choose_postprocessing` on its `val` sweep."""
+    from training.evaluation import PANOPTIC_POSTPROCESS, SWEEP_OVERLAPS, choose_postprocessing
+
+    sweep = evaluate_pq(model, data, size, device, split="val", overlaps=SWEEP_OVERLAPS)["calibration"]["sweep"]
+    current = (PANOPTIC_POSTPROCESS["threshold"], PANOPTIC_POSTPROCESS["overlap_mask_area_threshold"])
+    choice = choose_postprocessing(sweep, current)
+    settings = dict(zip(("threshold", "overlap_mask_area_threshold"), current))
+    if choice is not None:
+        settings = {"threshold": choice.threshold, "overlap_mask_area_threshold": choice.overlap_mask_area_threshold}
+    return {**settings, "reason": None if choice is None else choice.reason}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,8 +305,13 @@ def run_set(name: str, options: LearningOptions, out: Path, device: str = "cpu",
         else:
             trained = train_hand_loop(data, size, options, device)
         trained["train_cpu_seconds"] = cpu_seconds() - started
-        metrics = evaluate_pq(trained.pop("model"), data, size, device)
-        result["runs"][run] = {**metrics, **trained}
+        model = trained.pop("model")
+        result["runs"][run] = {**evaluate_pq(model, data, size, device, trained.pop("postprocessing", None)), **trained}
+        if run == "hand loop":
+            chosen = calibrated_postprocessing(model, data, size, device)
+            reason = chosen.pop("reason")
+            metrics = evaluate_pq(model, data, size, device, chosen)
+            result["runs"][CALIBRATED] = {**metrics, **trained, "calibration_reason": reason}
     return result
 
 
@@ -288,9 +324,10 @@ def cpu_seconds() -> float:
 
 
 def markdown(results: Sequence[dict[str, Any]], thresholds: Sequence[float] = THRESHOLDS) -> str:
-    """One row per set and run: PQ, things and stuff at the default threshold, PQ at every threshold, train time."""
-    header = ["set", "run", "PQ", "things", "stuff", *(f"PQ@{t:g}" for t in thresholds), "things@0.5", "train s",
-              "train CPU s", "time / hand loop (wall, CPU)"]  # fmt: skip
+    """One row per set and run: the run's post-processing (class-score / mask-overlap thresholds), PQ, things and
+    stuff with it, PQ at every class-score threshold (same overlap), train time."""
+    header = ["set", "run", "post-processing", "PQ", "things", "stuff", *(f"PQ@{t:g}" for t in thresholds),
+              "things@0.5", "train s", "train CPU s", "time / hand loop (wall, CPU)"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         runs = result["runs"]
@@ -298,8 +335,11 @@ def markdown(results: Sequence[dict[str, Any]], thresholds: Sequence[float] = TH
         for run, metrics in runs.items():
             ratios = [metrics.get(key, 0) / hand[key] if hand.get(key) else None
                       for key in ("train_seconds", "train_cpu_seconds")]  # fmt: skip
-            ratio = ", ".join("-" if value is None else f"{value:.2f}" for value in ratios) if run != "hand loop" else ""
-            cells = [f"{result['set']} ({result['image_size']} px)", run,
+            ratio = ", ".join("-" if value is None else f"{value:.2f}" for value in ratios)
+            ratio = ratio if run == "eomt train" else ""
+            settings = metrics["postprocessing"]
+            postprocessing = f"{settings['threshold']:g} / {settings['overlap_mask_area_threshold']:g}"
+            cells = [f"{result['set']} ({result['image_size']} px)", run, postprocessing,
                      *(_pq(metrics[key]) for key in ("pq", "pq_things", "pq_stuff")),
                      *(_pq(metrics[f"pq@{t:g}"]) for t in thresholds), _pq(metrics.get("pq_things@0.5")),
                      _seconds(metrics.get("train_seconds")), _seconds(metrics.get("train_cpu_seconds")), ratio]  # fmt: skip
@@ -324,7 +364,7 @@ def plot(results: Sequence[dict[str, Any]], path: Path, thresholds: Sequence[flo
 
     figure, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squeeze=False)
     for axis, result in zip(axes[0], results):
-        for (run, metrics), colour in zip(result["runs"].items(), ("tab:blue", "tab:orange")):
+        for (run, metrics), colour in zip(result["runs"].items(), ("tab:blue", "tab:orange", "tab:green")):
             axis.plot(thresholds, [metrics[f"pq@{t:g}"] for t in thresholds], color=colour, marker="o", label=f"{run} PQ")
             axis.plot(thresholds, [metrics[f"pq_things@{t:g}"] for t in thresholds], color=colour, linestyle="--",
                       label=f"{run} things")  # fmt: skip

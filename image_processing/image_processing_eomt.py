@@ -121,6 +121,11 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
             outputs must have `num_labels + 1` classes. Unchecked when None.
         stuff_classes (`list[int]` or None): the classes whose segments panoptic post-processing fuses into one per
             image when the call names none (so that the image-segmentation pipeline fuses them too).
+        threshold (`float`, defaults to 0.8), overlap_mask_area_threshold (`float`, defaults to 0.8): the authors'
+            class-score threshold of panoptic and instance post-processing, and the share of its mask a panoptic
+            segment must keep after overlaps are resolved, used when a call gives none. `eomt train` chooses them on
+            its evaluation split (`training.evaluation.choose_postprocessing`). The image-segmentation pipeline
+            passes its own (0.9 and 0.5) unless given others.
 
     Calling the processor returns a `BatchFeature` with `pixel_values (N, 3, H, W)` (one row per image, or per
     window), `original_sizes (B, 2)` and `resized_sizes (B, 2)` (the image size after resizing: the valid top-left
@@ -148,6 +153,8 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
         reduce_labels: bool = False,
         num_labels: int | None = None,
         stuff_classes: Sequence[int] | None = None,
+        threshold: float = 0.8,
+        overlap_mask_area_threshold: float = 0.8,
         **kwargs,
     ) -> None:
         unknown = sorted(key for key in kwargs if key not in _IGNORED_CONFIG_KEYS)
@@ -168,6 +175,9 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
         self.reduce_labels = bool(reduce_labels)
         self.num_labels = num_labels
         self.stuff_classes = None if stuff_classes is None else [int(label) for label in stuff_classes]
+        _check_thresholds(threshold=threshold, overlap_mask_area_threshold=overlap_mask_area_threshold)
+        self.threshold = float(threshold)
+        self.overlap_mask_area_threshold = float(overlap_mask_area_threshold)
         self._check_settings(vars(self))
 
     @staticmethod
@@ -479,7 +489,7 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
         self,
         outputs: Any,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor,
-        threshold: float = 0.8,
+        threshold: float | None = None,
         size: int | dict[str, int | None] | None = None,
         mask_threshold: float | None = None,
         overlap_mask_area_threshold: float | None = None,
@@ -487,7 +497,8 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
         original_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
         """`{"segmentation": (H, W) long (-1: no instance), "segments_info": [{"id", "label_id", "score"}]}` per
-        image. EoMT's instance masks are `logits > 0`: `mask_threshold` and `overlap_mask_area_threshold` are
+        image, for the queries whose class score is above `threshold` (default: the processor's `threshold`).
+        EoMT's instance masks are `logits > 0`: `mask_threshold` and `overlap_mask_area_threshold` are
         accepted (the image-segmentation pipeline passes them), checked to lie in [0, 1] like every threshold, and
         unused. `return_binary_maps` gives the `(I, H, W)` masks instead, overlaps included."""
         unused = {"mask_threshold": mask_threshold, "overlap_mask_area_threshold": overlap_mask_area_threshold}
@@ -496,24 +507,26 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
         self._no_windows(outputs, "instance")
         geometry = self._geometry(mask_logits, target_sizes, size, original_sizes, windows=False)
         return post_process_instance(
-            class_logits, mask_logits, target_sizes, threshold=threshold, return_binary_maps=return_binary_maps, **geometry
+            class_logits, mask_logits, target_sizes, threshold=self.threshold if threshold is None else threshold,
+            return_binary_maps=return_binary_maps, **geometry,
         )
 
     def post_process_panoptic_segmentation(
         self,
         outputs: Any,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor,
-        threshold: float = 0.8,
+        threshold: float | None = None,
         mask_threshold: float = 0.5,
-        overlap_mask_area_threshold: float = 0.8,
+        overlap_mask_area_threshold: float | None = None,
         stuff_classes: Sequence[int] | None = None,
         size: int | dict[str, int | None] | None = None,
         label_ids_to_fuse: Sequence[int] | None = None,
         original_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
     ) -> list[dict[str, Any]]:
-        """`{"segmentation": (H, W) long (-1: void), "segments_info": [{"id", "label_id", "score"}]}` per image;
-        segments of `stuff_classes` (alias `label_ids_to_fuse`; default: the processor's `stuff_classes`) are fused
-        into one per class."""
+        """`{"segmentation": (H, W) long (-1: void), "segments_info": [{"id", "label_id", "score"}]}` per image,
+        from the queries whose class score is above `threshold`, keeping the segments that keep at least
+        `overlap_mask_area_threshold` of their mask (defaults: the processor's); segments of `stuff_classes` (alias
+        `label_ids_to_fuse`; default: the processor's `stuff_classes`) are fused into one per class."""
         if stuff_classes is None and label_ids_to_fuse is None:
             stuff_classes = self.stuff_classes
         class_logits, mask_logits = self._logits(outputs)
@@ -523,9 +536,10 @@ class EoMTImageProcessor(EoMTImageProcessorHubMixin, BaseImageProcessor):
             class_logits,
             mask_logits,
             target_sizes,
-            threshold=threshold,
+            threshold=self.threshold if threshold is None else threshold,
             mask_threshold=mask_threshold,
-            overlap_mask_area_threshold=overlap_mask_area_threshold,
+            overlap_mask_area_threshold=self.overlap_mask_area_threshold if overlap_mask_area_threshold is None
+            else overlap_mask_area_threshold,
             stuff_classes=stuff_classes,
             label_ids_to_fuse=label_ids_to_fuse,
             **geometry,

@@ -383,9 +383,9 @@ def run_predictions(
     batch_size: int = 1,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    threshold: float = 0.8,
+    threshold: float | None = None,
     mask_threshold: float = 0.5,
-    overlap_mask_area_threshold: float = 0.8,
+    overlap_mask_area_threshold: float | None = None,
     stuff_classes: Sequence[int] | None = None,
     overwrite: bool = False,
     model_source: str | None = None,
@@ -398,7 +398,7 @@ def run_predictions(
 
     `threshold` applies to panoptic and instance segmentation; `mask_threshold`, `overlap_mask_area_threshold` and
     `stuff_classes` (classes fused into one segment per image; None: `default_stuff_classes`) to panoptic
-    segmentation. `out_dir` may hold an earlier run with the same settings (its images are skipped) or, with
+    segmentation; None thresholds are the processor's (the authors' 0.8 unless `eomt train` chose others). `out_dir` may hold an earlier run with the same settings (its images are skipped) or, with
     `overwrite`, anything (removed first); `inputs` (any JSON value describing them) and `model_source` are part of
     the settings. With several `processes` (default: the running `torch.distributed` group), every process is given
     the same `items` and segments its share; all of them return the same counts. `report` receives one message per
@@ -413,6 +413,10 @@ def run_predictions(
     id2label = {int(label): name for label, name in model.config.id2label.items()}
     if stuff_classes is None:
         stuff_classes = default_stuff_classes(processor, id2label)
+    if threshold is None:
+        threshold = getattr(processor, "threshold", 0.8)
+    if overlap_mask_area_threshold is None:
+        overlap_mask_area_threshold = getattr(processor, "overlap_mask_area_threshold", 0.8)
     options: dict[str, Any] = {"threshold": threshold} if task != "semantic" else {}
     if task == "panoptic":
         options.update(mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,

@@ -36,6 +36,7 @@ from .annealing import MaskAnnealingCallback
 from .commands.arguments import RunError, user_message
 from .curves import plot_training_curves
 from .data import AugmentationConfig, DatasetInfo, load_source, make_eval_dataset, make_train_dataset
+from .evaluation import SWEEP_OVERLAPS, choose_postprocessing
 from .launch import check_process_group, launch_uses_cpu
 from .nonfinite import parameters_are_finite
 from .recipe import choose_recipe
@@ -160,12 +161,16 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
     )
     losses = {"num_points": recipe.num_points, "no_object_weight": recipe.no_object_weight}
     record_provenance(model, settings, info)
+    processor = build_processor(info, image_size, settings.checkpoint)
+    if settings.eval_threshold is not None:
+        processor.threshold = settings.eval_threshold  # the saved model's too
+    calibrate = settings.eval_threshold is None and info.task == "panoptic"
     trainer = EoMTTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        processing_class=build_processor(info, image_size, settings.checkpoint),
+        processing_class=processor,
         callbacks=list(callbacks),
         loss_fn=MaskClassificationLoss.from_config(model.config, **{k: v for k, v in losses.items() if v is not None}),
         layer_decay=recipe.layer_decay,
@@ -184,7 +189,7 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         write_json(output_dir / "recipe.json", {"name": recipe.name, "values": recipe.values, "reasons": recipe.reasons})
         if not settings.resume:
             write_run_settings(settings, output_dir)
-    return _train_save_evaluate(trainer, output_dir, last_checkpoint if settings.resume else None)
+    return _train_save_evaluate(trainer, output_dir, last_checkpoint if settings.resume else None, calibrate)
 
 
 def _check_output_dir(settings: TrainSettings, output_dir: Path, last_checkpoint: str | None) -> None:
@@ -200,8 +205,11 @@ def _check_output_dir(settings: TrainSettings, output_dir: Path, last_checkpoint
         check_same_schedule(settings, output_dir, last_checkpoint)
 
 
-def _train_save_evaluate(trainer: EoMTTrainer, output_dir: Path, resume_from: str | None) -> dict[str, Any]:
-    """Train, save the final model, then evaluate it; a `RunError` naming what was kept when one of them fails."""
+def _train_save_evaluate(
+    trainer: EoMTTrainer, output_dir: Path, resume_from: str | None, calibrate: bool = False
+) -> dict[str, Any]:
+    """Train, save the final model, then evaluate it (and, when `calibrate`, choose its post-processing: see
+    `calibrate_postprocessing`); a `RunError` naming what was kept when one of them fails."""
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except Exception as error:
@@ -216,13 +224,42 @@ def _train_save_evaluate(trainer: EoMTTrainer, output_dir: Path, resume_from: st
     metrics = {}
     if trainer.eval_dataset is not None:
         try:
+            if calibrate:
+                trainer.sweep_overlaps = SWEEP_OVERLAPS  # the final evaluation only: more post-processing per image
             metrics = trainer.evaluate()
+            if calibrate:
+                metrics = calibrate_postprocessing(trainer, metrics, output_dir)
         except Exception as error:
             _write_outputs(trainer, output_dir)
             raise RunError(f"the final evaluation failed ({user_message(error)}); the trained model was written to "
                            f"{output_dir}") from error  # fmt: skip
         trainer.record_results(str(output_dir))  # the results into the saved model's config and model card
     _write_outputs(trainer, output_dir, metrics)
+    return metrics
+
+
+def calibrate_postprocessing(trainer: EoMTTrainer, metrics: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """Give the processor saved in `output_dir` the class-score and mask-overlap thresholds that
+    `choose_postprocessing` picks from the sweep of the evaluation that returned `metrics`
+    (`eval_calibration["sweep"]`), and return the metrics at them: `metrics` when nothing moves, else those of a
+    second evaluation (so that the metrics, the per-class tables and the model card describe the model as saved). The
+    choice is recorded in `eval_calibration["chosen"]`."""
+    sweep = trainer.eval_calibration.get("sweep", {})
+    processor = trainer.processing_class
+    current = (processor.threshold, processor.overlap_mask_area_threshold)
+    choice = choose_postprocessing(sweep, current)
+    if choice is None:
+        return metrics
+    if trainer.is_world_process_zero():
+        print(f"post-processing: {choice.reason}", flush=True)
+    if (choice.threshold, choice.overlap_mask_area_threshold) != current:
+        processor.threshold = choice.threshold
+        processor.overlap_mask_area_threshold = choice.overlap_mask_area_threshold
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(str(output_dir))
+        trainer.sweep_overlaps = ()
+        metrics = trainer.evaluate()
+    trainer.eval_calibration["chosen"] = {**dataclasses.asdict(choice), "sweep": sweep}
     return metrics
 
 
@@ -330,10 +367,10 @@ def evaluate(
     hub_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the EoMT checkpoint `model_path` on `split` of the data set at `data` (validated first), mask-free
-    unless `masked_attention`, with the post-processing's class-score `threshold` (None: the authors' 0.8 for
-    panoptic, 0 for instance). Returns the metrics (with `per_class`) and writes them as JSON to `output` (default:
-    `eval_metrics.json` in the model folder when it is local, else in the current folder). `hub_options` as in
-    `TrainSettings`."""
+    unless `masked_attention`, with the post-processing's class-score `threshold` (None: for panoptic the model
+    processor's, 0.8 unless `eomt train` chose another; 0 for instance). Returns the metrics (with `per_class`) and
+    writes them as JSON to `output` (default: `eval_metrics.json` in the model folder when it is local, else in the
+    current folder). `hub_options` as in `TrainSettings`."""
     eval_dataset = make_eval_dataset(data, split, format=format, task=task, **(hub_options or {}))
     info = eval_dataset.info
     config = EoMTConfig.from_pretrained(model_path)

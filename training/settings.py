@@ -38,7 +38,10 @@ class TrainSettings:
     `MaskClassificationLoss`; None: the model config's); `max_steps` wins over `epochs`; `annealing_*` as in
     `MaskAnnealingCallback` (None: the paper's schedule over the run).
     Evaluation: `eval_masked_attention` (see `EoMTTrainer`), `eval_threshold` (class-score threshold of panoptic /
-    instance post-processing; None: the authors' 0.8 / 0).
+    instance evaluation, saved as the processor's `threshold`; None: instance 0; panoptic the authors' 0.8 during
+    training, then the saved processor gets the class-score and mask-overlap thresholds that
+    `training.evaluation.choose_postprocessing` picks from the final evaluation's sweep, and the final metrics are
+    those at them).
     Run: `eval_steps` (None: evaluate at the end only), `save_steps`, `save_total_limit`, `logging_steps`, `resume`
     (continue from the last checkpoint in `output_dir`), `report_to`, `use_cpu`, `progress` (tqdm bars).
     Safety: `validation` (`"fast"`, `"full"` or `"skip"`: the data check before training, see

@@ -93,9 +93,10 @@ class EoMTTrainer(Trainer):
       `eval_rq` (+ `_things` / `_stuff`), `eval_ap*` or `eval_miou` / `eval_pixel_accuracy`, reduced over processes,
       and `eval_loss` (the final prediction's loss on the non-crowd targets at the input resolution); panoptic also
       `eval_pq@t` (+ `_things` / `_stuff`) for the thresholds `t` of `training.evaluation.SWEEP_THRESHOLDS` and the
-      post-processing's own, from the same forward passes. Per-class results of the last evaluation are kept in
-      `eval_per_class`, the class-score calibration (`SegmentationEvaluator.calibration`) in `eval_calibration`; a
-      thing class without any prediction above the threshold is named in a warning. Other eval data sets
+      post-processing's own, from the same forward passes (with the mask-overlap thresholds of `sweep_overlaps` too,
+      in `eval_calibration["sweep"]`). Per-class results of the last evaluation are kept in `eval_per_class`, the
+      class-score calibration (`SegmentationEvaluator.calibration`) in `eval_calibration`; a thing or stuff class
+      without any prediction above the threshold is named in a warning. Other eval data sets
       (`pixel_values` + targets) get `Trainer`'s loop and only `eval_loss`.
 
     Training batches hold `pixel_values` and the targets `mask_labels` / `class_labels` (see `modeling_eomt.loss_eomt`).
@@ -112,7 +113,9 @@ class EoMTTrainer(Trainer):
             mask-free (0, what an annealed model runs); the probabilities are restored afterwards.
         eval_loss: compute `eval_loss` in the streaming evaluation.
         postprocess_kwargs: arguments of the processor's post-processing in the streaming evaluation (defaults:
-            `training.evaluation.PANOPTIC_POSTPROCESS` / `INSTANCE_POSTPROCESS`).
+            the processor's panoptic settings / `training.evaluation.INSTANCE_POSTPROCESS`).
+        sweep_overlaps: panoptic evaluation also computes PQ at these mask-overlap thresholds (an attribute, which
+            `training.run` sets for the final evaluation of `eomt train`).
         max_nonfinite_steps: a step whose loss or gradients hold NaN or infinity is skipped with a warning (logged as
             `nonfinite_steps`); after this many in a row training stops (`nonfinite_guard.stopped`; see
             `training.nonfinite.NonFiniteGuard`).
@@ -141,6 +144,7 @@ class EoMTTrainer(Trainer):
         eval_masked_attention: bool = False,
         eval_loss: bool = True,
         postprocess_kwargs: dict[str, Any] | None = None,
+        sweep_overlaps: Sequence[float] = (),
         max_nonfinite_steps: int = 5,
         **kwargs: Any,
     ) -> None:
@@ -171,6 +175,7 @@ class EoMTTrainer(Trainer):
         self.eval_masked_attention = eval_masked_attention
         self.eval_loss = eval_loss
         self.postprocess_kwargs = postprocess_kwargs
+        self.sweep_overlaps = tuple(sweep_overlaps)
         self.eval_per_class: dict[str, Any] = {}
         self.last_eval_metrics: dict[str, float] = {}  # the last streaming evaluation's, for the model card
         self.eval_calibration: dict[str, Any] = {}
@@ -303,7 +308,7 @@ class EoMTTrainer(Trainer):
                 f"the model predicts {config.num_labels} classes but {info.name} has {info.num_labels}: load the model "
                 f"with num_labels={info.num_labels} (and reinitialize_heads=True) to fine-tune on it"
             )
-        evaluator = SegmentationEvaluator(info, processor, self.postprocess_kwargs)
+        evaluator = SegmentationEvaluator(info, processor, self.postprocess_kwargs, sweep_overlaps=self.sweep_overlaps)
         model.eval()
         self.callback_handler.eval_dataloader = dataloader
         totals = torch.zeros(3, dtype=torch.float64)  # images, loss x rows, rows with a loss

@@ -256,6 +256,37 @@ def test_save_load_round_trip_and_auto_image_processor(tmp_path):
     assert EoMTImageProcessor.from_pretrained(tmp_path, do_pad=False, num_labels=3).num_labels == 3
 
 
+def test_thresholds_are_saved_and_are_the_defaults_of_post_processing(tmp_path):
+    EoMTImageProcessor(size=16, threshold=0.6, overlap_mask_area_threshold=0.4).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert (saved["threshold"], saved["overlap_mask_area_threshold"]) == (0.6, 0.4)
+    calibrated, default = EoMTImageProcessor.from_pretrained(tmp_path), EoMTImageProcessor(size=16)
+    assert (calibrated.threshold, calibrated.overlap_mask_area_threshold) == (0.6, 0.4)
+    assert (default.threshold, default.overlap_mask_area_threshold) == (0.8, 0.8)
+    # query 0: class 0 at 0.7 over the top half; query 1: class 1 at 0.95 over the top-left quarter, so that query 0
+    # keeps half of its mask; query 2: no object
+    class_logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.025, 0.95, 0.025], [0.05, 0.05, 0.9]]]))
+    mask_logits = torch.full((1, 3, 4, 4), -10.0)
+    mask_logits[0, 0, :2] = 10.0
+    mask_logits[0, 1, :2, :2] = 10.0
+    outputs = {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
+
+    def labels(processor, task, **kwargs):
+        post_process = getattr(processor, f"post_process_{task}_segmentation")
+        return sorted(segment["label_id"] for segment in post_process(outputs, target_sizes=[(16, 16)], **kwargs)[0]["segments_info"])
+
+    assert labels(calibrated, "instance") == [0, 1] and labels(default, "instance") == [1]  # the class threshold
+    assert labels(calibrated, "instance", threshold=0.8) == [1] and labels(default, "instance", threshold=0.6) == [0, 1]
+    assert labels(calibrated, "panoptic") == [0, 1]  # query 0 keeps half its mask: 0.5 >= 0.4
+    assert labels(default, "panoptic") == [1] and labels(default, "panoptic", threshold=0.6) == [1]  # 0.5 < 0.8
+    assert labels(default, "panoptic", threshold=0.6, overlap_mask_area_threshold=0.4) == [0, 1]
+    assert labels(calibrated, "panoptic", overlap_mask_area_threshold=0.8) == [1]
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\], got 1.5"):
+        EoMTImageProcessor(threshold=1.5)
+    with pytest.raises(ValueError, match=r"overlap_mask_area_threshold must be a number in \[0, 1\], got -0.1"):
+        EoMTImageProcessor(overlap_mask_area_threshold=-0.1)
+
+
 def test_loads_transformers_eomt_configs(tmp_path):
     EomtImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 32}, do_pad=True, ignore_index=255).save_pretrained(tmp_path)
     loaded = EoMTImageProcessor.from_pretrained(tmp_path)

@@ -31,11 +31,13 @@ from training.evaluation import (
     ClassScores,
     SegmentationEvaluator,
     ShardSampler,
+    choose_postprocessing,
     evaluation_dataloader,
     inference_attention,
 )
 from modeling_eomt.loss_eomt import MaskClassificationLoss
 from training.metrics import MaskAP, MeanIoU, PanopticQuality
+from training.run import calibrate_postprocessing, evaluate
 from training.trainer import EoMTTrainer, recipe_training_arguments
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -295,12 +297,108 @@ def test_evaluation_reports_a_threshold_sweep_from_one_forward_pass(synthetic_pa
     model.register_forward_hook(lambda *args: forwards.append(1))
     metrics = make_trainer(tmp_path, model, dataset, eval_loss=False).evaluate()
     assert len(forwards) == 2  # 4 images in batches of 3: one pass per batch, not one per threshold
-    assert SWEEP_THRESHOLDS == (0.3, 0.5, 0.7, 0.8)
+    assert SWEEP_THRESHOLDS == (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     for threshold in SWEEP_THRESHOLDS:
         expected = direct_metrics(model, processor_for(dataset.info), dataset, threshold=threshold)
         for name in ("pq", "pq_things", "pq_stuff"):
             assert metrics[f"eval_{name}@{threshold:g}"] == pytest.approx(expected[name], nan_ok=True)
     assert metrics["eval_pq"] == metrics["eval_pq@0.8"]  # the default threshold is the authors' 0.8
+    assert metrics["eval_threshold"] == 0.8
+
+
+def test_evaluation_uses_the_post_processing_settings_of_the_processor(synthetic_panoptic):
+    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
+    examples = collate_eval([dataset[index] for index in range(len(dataset))])
+    outputs = oracle_outputs(examples, scores=(0.45, 0.65, 0.95))
+    results = {}
+    for threshold in (0.6, 0.8):
+        evaluator = SegmentationEvaluator(dataset.info, processor_for(dataset.info, threshold=threshold))
+        inputs = evaluator.preprocess(examples, with_targets=False)
+        evaluator.add(outputs, inputs["original_sizes"], examples)
+        results[threshold] = evaluator.compute()
+        assert results[threshold]["threshold"] == results[threshold]["calibration"]["threshold"] == threshold
+    assert results[0.6]["pq"] == results[0.6]["pq@0.6"] > results[0.8]["pq"] == results[0.6]["pq@0.8"]
+    processor = processor_for(dataset.info, threshold=0.6, overlap_mask_area_threshold=0.3)
+    evaluator = SegmentationEvaluator(dataset.info, processor)
+    assert evaluator.postprocess_kwargs["overlap_mask_area_threshold"] == 0.3
+    overridden = SegmentationEvaluator(dataset.info, processor, {"threshold": 0.8, "overlap_mask_area_threshold": 0.5})
+    assert (overridden.threshold, overridden.overlap) == (0.8, 0.5)  # given post-processing arguments win
+
+
+def test_the_overlap_sweep_equals_evaluations_at_each_setting(synthetic_panoptic):
+    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
+    examples = collate_eval([dataset[index] for index in range(len(dataset))])
+    processor = processor_for(dataset.info)
+    inputs = SegmentationEvaluator(dataset.info, processor).preprocess(examples, with_targets=False)
+    outputs = oracle_outputs(examples, scores=(0.45, 0.65, 0.95))
+    # shrink every mask: a third of the segments' pixels lose to an empty query with a higher score
+    outputs["masks_queries_logits"][:, -1, :, : SIZE // 3] = 20.0
+    outputs["class_queries_logits"][:, -1] = torch.log(torch.tensor([0.99] + [0.01 / 8] * 8))
+    grid = SegmentationEvaluator(dataset.info, processor, sweep_thresholds=(0.4, 0.8), sweep_overlaps=(0.3, 0.8))
+    grid.add(outputs, inputs["original_sizes"], examples)
+    sweep = grid.compute()["calibration"]["sweep"]
+    assert list(sweep) == ["0.4/0.3", "0.4/0.8", "0.8/0.3", "0.8/0.8"]
+    for key, value in sweep.items():
+        threshold, overlap = map(float, key.split("/"))
+        alone = SegmentationEvaluator(dataset.info, processor, {"threshold": threshold, "overlap_mask_area_threshold":
+                                      overlap}, sweep_thresholds=())  # fmt: skip
+        alone.add(outputs, inputs["original_sizes"], examples)
+        assert value == pytest.approx(alone.compute()["pq"], nan_ok=True)
+    assert sweep["0.4/0.3"] > sweep["0.4/0.8"]  # segments that lost a third of their mask survive only at 0.3
+
+
+@pytest.mark.parametrize(
+    "sweep, expected",
+    [
+        ({"0.3/0.8": 61.1, "0.5/0.8": 60.9, "0.6/0.8": 60.8, "0.7/0.8": 51.7, "0.8/0.8": 44.9}, (0.6, 0.8)),  # 61.1-0.5
+        ({"0.3/0.8": 76.8, "0.5/0.8": 76.6, "0.7/0.8": 76.2, "0.8/0.8": 75.6}, (0.5, 0.8)),  # 0.7 is 0.6 below the best
+        ({"0.3/0.8": 36.3, "0.7/0.8": 36.4, "0.8/0.8": 36.6}, (0.8, 0.8)),  # the highest is the best
+        ({"0.5/0.8": 40.0, "0.8/0.8": 39.6}, (0.8, 0.8)),  # 0.4 better only: noise, the authors' settings stay
+        ({"0.7/0.6": 40.9, "0.7/0.4": 41.1, "0.8/0.6": 38.2, "0.8/0.8": 36.3, "0.3/0.4": 40.8}, (0.7, 0.6)),
+        ({"0.5/0.8": float("nan"), "0.8/0.8": 10.0, "0.8/0.4": None}, (0.8, 0.8)),  # NaN and None are ignored
+    ],
+)
+def test_choose_postprocessing_takes_the_highest_settings_within_the_margin_of_the_best(sweep, expected):
+    choice = choose_postprocessing(sweep, current=(0.8, 0.8))
+    assert (choice.threshold, choice.overlap_mask_area_threshold) == expected
+    assert choice.reason.startswith(f"threshold {expected[0]:g}, mask overlap {expected[1]:g}: PQ ")
+    assert (" against " in choice.reason) == (expected != (0.8, 0.8))
+
+
+def test_choose_postprocessing_without_a_finite_pq_is_none():
+    assert choose_postprocessing({}) is None
+    assert choose_postprocessing({"0.5/0.8": float("nan")}) is None
+
+
+def test_calibration_saves_the_chosen_settings_and_reports_the_metrics_at_them(synthetic_panoptic, tmp_path):
+    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
+    trainer = make_trainer(tmp_path, tiny_model(dataset.info.num_labels, seed=5), dataset, eval_loss=False,
+                           sweep_overlaps=(0.5, 0.8))  # fmt: skip
+    trainer.save_model(str(tmp_path))
+    first = trainer.evaluate()
+    assert len(trainer.eval_calibration["sweep"]) == len(SWEEP_THRESHOLDS) * 2
+    trainer.eval_calibration["sweep"] = {"0.5/0.5": 30.0, "0.8/0.8": 30.0}
+    assert calibrate_postprocessing(trainer, first, tmp_path) is first  # the best is the authors': nothing moves
+    assert trainer.eval_calibration["chosen"]["threshold"] == 0.8
+    saved = EoMTImageProcessor.from_pretrained(tmp_path)
+    assert (saved.threshold, saved.overlap_mask_area_threshold) == (0.8, 0.8)
+
+    grid = {"0.5/0.5": 40.0, "0.5/0.8": 35.0, "0.8/0.5": 20.0, "0.8/0.8": 10.0}
+    trainer.eval_calibration["sweep"] = grid
+    metrics = calibrate_postprocessing(trainer, first, tmp_path)
+    saved = EoMTImageProcessor.from_pretrained(tmp_path)
+    assert (saved.threshold, saved.overlap_mask_area_threshold) == (0.5, 0.5)
+    assert metrics["eval_threshold"] == 0.5 and metrics["eval_overlap_mask_area_threshold"] == 0.5  # evaluated again
+    assert trainer.eval_calibration["threshold"] == 0.5 and trainer.sweep_overlaps == ()
+    assert trainer.eval_calibration["chosen"] == {
+        "threshold": 0.5, "overlap_mask_area_threshold": 0.5, "sweep": grid,
+        "reason": "threshold 0.5, mask overlap 0.5: PQ 40.0 on the evaluation split against 10.0 at 0.8 / 0.8 (the "
+                  "highest settings within 0.5 PQ of the best, 40.0)",
+    }  # fmt: skip
+    assert metrics["eval_pq"] == metrics["eval_pq@0.5"]
+    evaluated = evaluate(str(tmp_path), str(synthetic_panoptic[0]), workers=0, use_cpu=True, progress=False)
+    assert evaluated["eval_threshold"] == evaluated["eval_overlap_mask_area_threshold"] == 0.5  # eomt evaluate uses them
+    assert evaluated["eval_pq"] == metrics["eval_pq"]
 
 
 def oracle_outputs(examples, scores):

@@ -73,11 +73,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="float32 (default), or autocast to bfloat16 (about 1.6x faster on CPUs with AVX-512 BF16) or float16 "
         "(GPUs; slow on CPU)",
     )  # fmt: skip
-    predict.add_argument("--threshold", type=float, default=0.8, help="panoptic, instance: min. score (default: 0.8)")
+    predict.add_argument("--threshold", type=float, help="panoptic, instance: min. class score (default: the model's, "
+                         "0.8 unless eomt train chose another)")  # fmt: skip
     predict.add_argument("--mask-threshold", type=float, default=0.5, help="panoptic: mask probability (default: 0.5)")
     predict.add_argument(
-        "--overlap-threshold", type=float, default=0.8,
-        help="panoptic: fraction of its mask a segment must keep (default: 0.8)",
+        "--overlap-threshold", type=float,
+        help="panoptic: fraction of its mask a segment must keep (default: the model's, 0.8 unless eomt train chose "
+        "another)",
     )  # fmt: skip
     predict.add_argument(
         "--stuff-classes",

@@ -85,7 +85,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
            "consecutive steps with a NaN or infinite loss or gradient (each is skipped)")  # fmt: skip
     train.add_argument("--eval-masked-attention", action="store_true", help="evaluate with masked attention")
     option("--eval-threshold", dest="eval_threshold", type=probability, help="class-score threshold of "
-           "panoptic/instance evaluation (default: the authors' 0.8 / 0)")  # fmt: skip
+           "panoptic/instance evaluation, also saved with the model (default: instance 0; panoptic 0.8, then the "
+           "class-score and mask-overlap thresholds of the final evaluation's sweep with the best PQ, preferring high "
+           "ones)")  # fmt: skip
     option("--report-to", dest="report_to", help="Trainer integrations (tensorboard, wandb, ...)")
     train.add_argument("--cpu", dest="use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
     train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

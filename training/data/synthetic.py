@@ -34,7 +34,7 @@ CATEGORY_IDS = (1, 2, 4, 7, 12, 15, 17, 20)
 
 _THING_RGB = ((220, 50, 40), (240, 190, 30), (150, 60, 200), (40, 200, 210))
 _SKY, _GRASS, _WATER, _WALL = range(len(THING_CLASSES), len(CLASS_NAMES))
-_SPLITS = {"train": 0, "val": 1}
+_SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass

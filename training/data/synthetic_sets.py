@@ -288,25 +288,26 @@ def scene(spec: SceneSet, seed: int | tuple[int, ...]) -> SyntheticScene:
 
 def write_scene_set(
     root: str | os.PathLike, spec: SceneSet | str, num_train: int, num_val: int, seed: int = 0,
-    image_size: int | None = None,
+    image_size: int | None = None, num_test: int = 0,
 ) -> Path:  # fmt: skip
     """Write set `spec` (a `SceneSet` or a key of `SCENE_SETS`), at `image_size` if given, in the COCO panoptic layout
-    (`train` and `val` splits). Returns `root`."""
+    (`train` and `val` splits, and `test` when `num_test` > 0). Returns `root`."""
     if isinstance(spec, str):
         if spec not in SCENE_SETS:
             raise ValueError(f"unknown scene set {spec!r}; choose from {', '.join(SCENE_SETS)}")
         spec = SCENE_SETS[spec]
     if image_size is not None:
         spec = spec.resized(image_size)
-    counts = {"train": num_train, "val": num_val}
+    counts = {"train": num_train, "val": num_val, "test": num_test}
     base = sum(ord(c) for c in spec.name) * 1000  # different sets draw different scenes for the same seed
 
     def scenes():
-        total = num_train + num_val
+        total = sum(counts.values())
         with tqdm(total=total, desc=f"scene set {spec.name}", unit="img", disable=total < 200) as bar:
             for split_index, (split, count) in enumerate(counts.items()):
                 for index in range(count):
                     yield split, index, f"{index + 1:012d}", scene(spec, (base + seed, split_index, index))
                     bar.update()
 
-    return write_coco_panoptic_scenes(root, scenes(), _SPLITS, seed, spec.class_names, spec.things, spec.category_ids)
+    splits = _SPLITS + (("test",) if num_test else ())
+    return write_coco_panoptic_scenes(root, scenes(), splits, seed, spec.class_names, spec.things, spec.category_ids)

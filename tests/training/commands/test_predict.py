@@ -96,6 +96,23 @@ def test_panoptic_png_and_segments_info_match_direct_post_processing(workspace, 
         assert overlay.width > ids.shape[1] and overlay.height >= ids.shape[0]  # image + legend
 
 
+def test_thresholds_default_to_those_saved_with_the_model(workspace, tmp_path):
+    import shutil
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(workspace / "model", calibrated)
+    EoMTImageProcessor(size=64, threshold=0.3, overlap_mask_area_threshold=0.3).save_pretrained(calibrated)
+    assert run(calibrated, workspace / "images", "--task", "panoptic", "--out", tmp_path / "saved") == 0
+    given = ["--out", tmp_path / "given", *PANOPTIC_OPTIONS]
+    assert run(workspace / "model", workspace / "images", "--task", "panoptic", *given) == 0
+    default = ["--out", tmp_path / "default"]
+    assert run(workspace / "model", workspace / "images", "--task", "panoptic", *default) == 0
+    segments = {name: [entry["segments_info"] for entry in json.loads((tmp_path / name / "predictions.json").read_text())
+                       ["annotations"]] for name in ("saved", "given", "default")}  # fmt: skip
+    assert segments["saved"] == segments["given"] and sum(map(len, segments["saved"])) > 3
+    assert sum(map(len, segments["default"])) < sum(map(len, segments["saved"]))  # the authors' 0.8 / 0.8 keep fewer
+
+
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools' decode, numpy 2
 def test_instance_rles_keep_overlaps_and_match_direct_post_processing(workspace, tmp_path):
     assert run(workspace / "model", workspace / "images", "--task", "instance", "--out", tmp_path, *INSTANCE_OPTIONS) == 0

@@ -30,7 +30,14 @@ def test_train_writes_a_loadable_model_metrics_history_and_curves(trained_run, p
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"eval_pq", "eval_sq", "eval_rq", "eval_pq_things", "eval_pq_stuff", "eval_loss", "eval_pq@0.5"} <= set(metrics)
-    calibration_keys = {"threshold", "above_threshold", "best_score", "silent_things", "silent_stuff"}
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    chosen = metrics["calibration"]["chosen"]  # from the final evaluation's sweep of both thresholds
+    assert len(chosen["sweep"]) == 6 * 3 and chosen["threshold"] == metrics["eval_threshold"] == saved["threshold"]
+    assert chosen["overlap_mask_area_threshold"] == metrics["eval_overlap_mask_area_threshold"]
+    assert metrics["eval_overlap_mask_area_threshold"] == saved["overlap_mask_area_threshold"]
+    assert metrics["eval_pq"] == metrics[f"eval_pq@{saved['threshold']:g}"]
+    assert f"post-processing: threshold {saved['threshold']:g}, mask overlap " in printed
+    calibration_keys = {"threshold", "above_threshold", "best_score", "silent_things", "silent_stuff", "sweep", "chosen"}
     assert set(metrics["calibration"]) == calibration_keys
     assert set(metrics["per_class"]) <= set(CLASS_NAMES) and metrics["per_class"]
     history = json.loads((out / "log_history.json").read_text())

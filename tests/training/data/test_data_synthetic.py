@@ -93,6 +93,22 @@ def test_scene_sets_are_reproducible_and_load_as_coco_panoptic(tmp_path):
         write_scene_set(tmp_path / "z", "Z", 1, 1)
 
 
+def test_a_scene_set_test_split_holds_new_scenes_and_leaves_train_and_val_as_they_were(tmp_path):
+    from training.data import load_coco_panoptic, validate_dataset
+    from training.data.synthetic_sets import write_scene_set
+
+    without = write_scene_set(tmp_path / "a", "A", 2, 2, seed=3, image_size=32)
+    with_test = write_scene_set(tmp_path / "b", "A", 2, 2, seed=3, image_size=32, num_test=2)
+    assert not (without / "test2017").exists() and len(list((with_test / "test2017").glob("*.jpg"))) == 2
+    for split in ("train2017", "val2017"):
+        for image in (without / split).glob("*.jpg"):
+            assert image.read_bytes() == (with_test / split / image.name).read_bytes()
+    test = load_coco_panoptic(with_test, "test")
+    validate_dataset(test)
+    test_image = test[0].image
+    assert not any(np.array_equal(test_image, load_coco_panoptic(with_test, "val")[i].image) for i in range(2))
+
+
 def test_scene_sets_differ_in_size_classes_and_objects():
     from training.data.synthetic_sets import SCENE_SETS, scene
 
