@@ -22,11 +22,10 @@ at each model's own post-processing (what `eomt train` saved; transformers' defa
 hand loop) and at the class-score thresholds 0.3 to 0.8, from one forward pass per image. A third row, `hand loop,
 calibrated`, scores the hand loop's model with the post-processing that `eomt train`'s procedure
 (`training.evaluation.choose_postprocessing` on the `val` split) picks for it: what the recipe gains beyond that
-choice. Train time is the wall-clock time of the training
-steps (`Trainer`'s `train_runtime`; the hand loop's loop), evaluation excluded; train CPU time that of the whole
-training call (this process and its data-loading workers: the steadier measure on a shared CPU), for `eomt train`
-its evaluation on `val` included. Writes `learning.md` (the table),
-`learning.json` and `learning.png` (PQ against the threshold, one panel per set) to `--out`.
+choice. Train time is the wall-clock time of the training steps (`Trainer`'s `train_runtime`; the hand loop's loop),
+evaluation excluded; train CPU time that of the whole training call (this process and its data-loading workers: the
+steadier measure on a shared CPU), for `eomt train` its evaluation on `val` included. Writes `learning.md` (the
+table), `learning.json` and `learning.png` (PQ against the threshold, one panel per set) to `--out`.
 """
 
 from __future__ import annotations
@@ -275,12 +274,11 @@ def calibrated_postprocessing(model: Any, data: Path, size: int, device: str) ->
     from training.evaluation import PANOPTIC_POSTPROCESS, SWEEP_OVERLAPS, choose_postprocessing
 
     sweep = evaluate_pq(model, data, size, device, split="val", overlaps=SWEEP_OVERLAPS)["calibration"]["sweep"]
-    current = (PANOPTIC_POSTPROCESS["threshold"], PANOPTIC_POSTPROCESS["overlap_mask_area_threshold"])
-    choice = choose_postprocessing(sweep, current)
-    settings = dict(zip(("threshold", "overlap_mask_area_threshold"), current))
-    if choice is not None:
-        settings = {"threshold": choice.threshold, "overlap_mask_area_threshold": choice.overlap_mask_area_threshold}
-    return {**settings, "reason": None if choice is None else choice.reason}
+    choice = choose_postprocessing(sweep, tuple(PANOPTIC_POSTPROCESS.values()))
+    if choice is None:
+        return {**PANOPTIC_POSTPROCESS, "reason": None}
+    return {"threshold": choice.threshold, "overlap_mask_area_threshold": choice.overlap_mask_area_threshold,
+            "reason": choice.reason}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------

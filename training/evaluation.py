@@ -338,7 +338,8 @@ def choose_postprocessing(
     best = max(pq.values())
     chosen = max(setting for setting, value in pq.items() if value >= best - margin)
     reason = f"threshold {chosen[0]:g}, mask overlap {chosen[1]:g}: PQ {pq[chosen]:.1f} on the evaluation split"
-    if current is not None and tuple(map(float, current)) in pq and chosen != tuple(map(float, current)):
-        reason += f" against {pq[tuple(map(float, current))]:.1f} at {current[0]:g} / {current[1]:g}"
+    current = None if current is None else (float(current[0]), float(current[1]))
+    if current in pq and chosen != current:
+        reason += f" against {pq[current]:.1f} at {current[0]:g} / {current[1]:g}"
     reason += f" (the highest settings within {margin:g} PQ of the best, {best:.1f})"
     return PostprocessingChoice(chosen[0], chosen[1], reason)

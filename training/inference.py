@@ -413,10 +413,9 @@ def run_predictions(
     id2label = {int(label): name for label, name in model.config.id2label.items()}
     if stuff_classes is None:
         stuff_classes = default_stuff_classes(processor, id2label)
-    if threshold is None:
-        threshold = getattr(processor, "threshold", 0.8)
+    threshold = processor.threshold if threshold is None else threshold
     if overlap_mask_area_threshold is None:
-        overlap_mask_area_threshold = getattr(processor, "overlap_mask_area_threshold", 0.8)
+        overlap_mask_area_threshold = processor.overlap_mask_area_threshold
     options: dict[str, Any] = {"threshold": threshold} if task != "semantic" else {}
     if task == "panoptic":
         options.update(mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold,

@@ -248,6 +248,7 @@ def calibrate_postprocessing(trainer: EoMTTrainer, metrics: dict[str, Any], outp
     processor = trainer.processing_class
     current = (processor.threshold, processor.overlap_mask_area_threshold)
     choice = choose_postprocessing(sweep, current)
+    trainer.sweep_overlaps = ()  # the grid is for this choice only: later evaluations skip it
     if choice is None:
         return metrics
     if trainer.is_world_process_zero():
@@ -257,7 +258,6 @@ def calibrate_postprocessing(trainer: EoMTTrainer, metrics: dict[str, Any], outp
         processor.overlap_mask_area_threshold = choice.overlap_mask_area_threshold
         if trainer.is_world_process_zero():
             processor.save_pretrained(str(output_dir))
-        trainer.sweep_overlaps = ()
         metrics = trainer.evaluate()
     trainer.eval_calibration["chosen"] = {**dataclasses.asdict(choice), "sweep": sweep}
     return metrics

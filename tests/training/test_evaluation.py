@@ -307,9 +307,7 @@ def test_evaluation_reports_a_threshold_sweep_from_one_forward_pass(synthetic_pa
 
 
 def test_evaluation_uses_the_post_processing_settings_of_the_processor(synthetic_panoptic):
-    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
-    examples = collate_eval([dataset[index] for index in range(len(dataset))])
-    outputs = oracle_outputs(examples, scores=(0.45, 0.65, 0.95))
+    dataset, examples, _, _, outputs = oracle_case(synthetic_panoptic)
     results = {}
     for threshold in (0.6, 0.8):
         evaluator = SegmentationEvaluator(dataset.info, processor_for(dataset.info, threshold=threshold))
@@ -326,11 +324,7 @@ def test_evaluation_uses_the_post_processing_settings_of_the_processor(synthetic
 
 
 def test_the_overlap_sweep_equals_evaluations_at_each_setting(synthetic_panoptic):
-    dataset = make_eval_dataset(synthetic_panoptic[0], "val")
-    examples = collate_eval([dataset[index] for index in range(len(dataset))])
-    processor = processor_for(dataset.info)
-    inputs = SegmentationEvaluator(dataset.info, processor).preprocess(examples, with_targets=False)
-    outputs = oracle_outputs(examples, scores=(0.45, 0.65, 0.95))
+    dataset, examples, processor, inputs, outputs = oracle_case(synthetic_panoptic)
     # shrink every mask: a third of the segments' pixels lose to an empty query with a higher score
     outputs["masks_queries_logits"][:, -1, :, : SIZE // 3] = 20.0
     outputs["class_queries_logits"][:, -1] = torch.log(torch.tensor([0.99] + [0.01 / 8] * 8))
@@ -419,12 +413,19 @@ def oracle_outputs(examples, scores):
     return {"class_queries_logits": class_logits, "masks_queries_logits": mask_logits}
 
 
-def test_sweep_pq_equals_the_pq_of_an_evaluation_at_that_threshold(synthetic_panoptic):
+def oracle_case(synthetic_panoptic):
+    """The validation split of `synthetic_panoptic` as one batch: dataset, examples, the default processor, its model
+    inputs and `oracle_outputs` with class scores 0.45, 0.65 and 0.95."""
     dataset = make_eval_dataset(synthetic_panoptic[0], "val")
     examples = collate_eval([dataset[index] for index in range(len(dataset))])
     processor = processor_for(dataset.info)
     inputs = SegmentationEvaluator(dataset.info, processor).preprocess(examples, with_targets=False)
     outputs = oracle_outputs(examples, scores=(0.45, 0.65, 0.95))
+    return dataset, examples, processor, inputs, outputs
+
+
+def test_sweep_pq_equals_the_pq_of_an_evaluation_at_that_threshold(synthetic_panoptic):
+    dataset, examples, processor, inputs, outputs = oracle_case(synthetic_panoptic)
     sweep = SegmentationEvaluator(dataset.info, processor, sweep_thresholds=(0.4, 0.6, 0.9))
     sweep.add(outputs, inputs["original_sizes"], examples)
     results = sweep.compute()

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,8 +98,6 @@ def test_panoptic_png_and_segments_info_match_direct_post_processing(workspace, 
 
 
 def test_thresholds_default_to_those_saved_with_the_model(workspace, tmp_path):
-    import shutil
-
     calibrated = tmp_path / "calibrated"
     shutil.copytree(workspace / "model", calibrated)
     EoMTImageProcessor(size=64, threshold=0.3, overlap_mask_area_threshold=0.3).save_pretrained(calibrated)
