@@ -56,6 +56,8 @@ def variants(options: LearningOptions) -> dict[str, dict[str, Any] | None]:
         "new-clip(0.01)": {**new, "max_grad_norm": 0.01},
         "new-warmup(old)": {**new, "head_warmup_steps": old["head_warmup_steps"],
                             "backbone_warmup_steps": old["backbone_warmup_steps"]},
+        "new+backbone-warmup(5%)": {**new, "backbone_warmup_steps": warmup},
+        "new+backbone-warmup(20%)": {**new, "backbone_warmup_steps": 4 * warmup},
         "new-lr(3e-4)": {**new, "learning_rate": 3e-4},
         "new-lr(5e-4)": {**new, "learning_rate": 5e-4},
         "new-lr(2e-3)": {**new, "learning_rate": 2e-3},

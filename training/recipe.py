@@ -6,8 +6,8 @@ Two recipes, by start point:
   warm-up of the new parameters before a 1000-step warm-up of the backbone (shortened in proportion in runs too short
   for them).
 - `scratch` (random weights, `--model`): every block has to learn, so none is held back: lr 1e-3 without layer
-  decay, gradient clipping at 1.0, a short warm-up of the new parameters (5% of the steps) with the backbone
-  following at once, and no scale jitter in short runs.
+  decay, gradient clipping at 1.0, a short warm-up of the new parameters (5% of the steps), then one of the backbone
+  (20% of the steps), and no scale jitter in short runs.
 
 The augmentation follows the data: the large-scale-jitter range is chosen from the sizes of the things the data set
 holds, measured on a sample of its training images at the scale at which they fit the input (see
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 AUTHORS = dict(learning_rate=1e-4, layer_decay=0.8, max_grad_norm=0.01, head_warmup_steps=500, backbone_warmup_steps=1000)
 SCRATCH = dict(learning_rate=1e-3, layer_decay=1.0, max_grad_norm=1.0)
 SCRATCH_WARMUP_FRACTION = 0.05
+# The random backbone then warms up over this share of the run: at full lr at once, some runs stalled (set C, seed 0).
+SCRATCH_BACKBONE_WARMUP_FRACTION = 0.2
 # The authors' two warm-ups take at most this share of a run.
 AUTHORS_WARMUP_FRACTION = 0.25
 # Up to this many passes over the training data, a from-scratch run trains without scale jitter (see
@@ -182,13 +184,15 @@ def choose_recipe(
     if from_scratch:
         name = "from scratch (random initialisation)" if settings.recipe == "auto" else "from scratch (--recipe scratch)"
         warmup = max(1, round(SCRATCH_WARMUP_FRACTION * total_steps))
-        chosen = {**SCRATCH, "head_warmup_steps": warmup, "backbone_warmup_steps": 0}
+        backbone_warmup = round(SCRATCH_BACKBONE_WARMUP_FRACTION * total_steps)
+        chosen = {**SCRATCH, "head_warmup_steps": warmup, "backbone_warmup_steps": backbone_warmup}
         why = {
             "learning_rate": "random weights learn at a higher rate than pre-trained ones are tuned at",
             "layer_decay": "no decay: the early blocks are random and must learn as much as the late ones",
             "max_grad_norm": "catches outlier batches of a random model (the authors' 0.01 measured no better)",
             "head_warmup_steps": f"{SCRATCH_WARMUP_FRACTION:.0%} of the {total_steps} steps",
-            "backbone_warmup_steps": "the random backbone needs no separate warm-up",
+            "backbone_warmup_steps": f"{SCRATCH_BACKBONE_WARMUP_FRACTION:.0%} of the steps: a random backbone put to the "
+            "full rate at once stalled some runs",
         }
     else:
         start = "a pre-trained backbone" if settings.backbone is not None else "a checkpoint"

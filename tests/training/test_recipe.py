@@ -37,9 +37,10 @@ def test_random_weights_get_the_from_scratch_recipe_and_a_pretrained_start_the_a
     scratch = choose_recipe(settings(scene_set, tmp_path, num_points=None), source, 48, 8, total_steps=400)
     assert scratch.name == "from scratch (random initialisation)"
     assert (scratch.learning_rate, scratch.layer_decay, scratch.max_grad_norm) == (1e-3, 1.0, 1.0)
-    assert (scratch.head_warmup_steps, scratch.backbone_warmup_steps) == (20, 0)  # 5% of 400, backbone at once
+    assert (scratch.head_warmup_steps, scratch.backbone_warmup_steps) == (20, 80)  # 5% of 400, then 20% of 400
     assert scratch.color_jitter is False and scratch.num_points is None and scratch.no_object_weight is None
     assert scratch.reasons["head_warmup_steps"] == "5% of the 400 steps"
+    assert scratch.reasons["backbone_warmup_steps"].startswith("20% of the steps")
 
     pretrained = TrainSettings(data=str(scene_set), output_dir=str(tmp_path), checkpoint="some/eomt")
     authors = choose_recipe(pretrained, source, 48, 8, total_steps=10000)
