@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.learning import THRESHOLDS, LearningOptions, add_learning_arguments, learning_options, run_set
+from training.recipe import SCRATCH_WARMUP_FRACTION
 
 
 def old_defaults(steps: int) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def old_defaults(steps: int) -> dict[str, Any]:
 def variants(options: LearningOptions) -> dict[str, dict[str, Any] | None]:
     """Name -> `TrainSettings` overrides (None: the hand loop)."""
     old = old_defaults(options.steps)
-    warmup = max(1, round(0.05 * options.steps))
+    warmup = max(1, round(SCRATCH_WARMUP_FRACTION * options.steps))
     new: dict[str, Any] = {}  # today's defaults, each variant below changes one of them
     return {
         "hand": None,
@@ -56,8 +57,9 @@ def variants(options: LearningOptions) -> dict[str, dict[str, Any] | None]:
         "new-clip(0.01)": {**new, "max_grad_norm": 0.01},
         "new-warmup(old)": {**new, "head_warmup_steps": old["head_warmup_steps"],
                             "backbone_warmup_steps": old["backbone_warmup_steps"]},
-        "new+backbone-warmup(5%)": {**new, "backbone_warmup_steps": warmup},
-        "new+backbone-warmup(20%)": {**new, "backbone_warmup_steps": 4 * warmup},
+        # `new` warms the backbone up over 20% of the steps; before 2026-12-05 it had none (see learning-ablation.md)
+        "new-backbone-warmup(0)": {**new, "backbone_warmup_steps": 0},
+        "new-backbone-warmup(5%)": {**new, "backbone_warmup_steps": warmup},
         "new-lr(3e-4)": {**new, "learning_rate": 3e-4},
         "new-lr(5e-4)": {**new, "learning_rate": 5e-4},
         "new-lr(2e-3)": {**new, "learning_rate": 2e-3},
