@@ -6,7 +6,8 @@ hand loop, on generated panoptic sets unlike the demo's (`training.data.syntheti
     eomt benchmark --sections learning --learning-preset ci  # seconds (what CI runs)
 
 For every set the data is generated once and two models of the same shape are trained from scratch, one after the
-other in this process, for the same number of steps at the same batch size:
+other, for the same number of steps at the same batch size (the hand loop in a fresh process: it inherits nothing of
+`eomt train`'s run, such as the allocator settings of `training.allocator`):
 
 - `eomt train`: `training.run.train(TrainSettings(...))` (what `eomt train --model ... --eval-split val` runs) with
   its defaults: the recipe it chooses for a random initialisation and for the data (printed), its augmentation, loss
@@ -236,6 +237,34 @@ def train_hand_loop(data: Path, size: int, options: LearningOptions, device: str
     return {"model": model, "train_seconds": seconds}
 
 
+def train_hand_loop_alone(data: Path, size: int, options: LearningOptions, device: str, folder: Path) -> dict[str, Any]:
+    """`train_hand_loop` in a fresh (spawned) process with this process's thread count, so that it inherits nothing
+    of an `eomt train` run before it in this process (`training.allocator`'s settings, warm thread pools); the model
+    comes back through `save_pretrained(folder)`. Returns the model, the seconds and the CPU seconds of training."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+    from transformers import EomtForUniversalSegmentation
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        job = pool.submit(_hand_loop_process, data, size, options, device, torch.get_num_threads(), folder)
+        measured = job.result()
+    return {"model": EomtForUniversalSegmentation.from_pretrained(folder), **measured}
+
+
+def _hand_loop_process(data: Path, size: int, options: LearningOptions, device: str, threads: int, folder: Path):
+    import torch
+
+    torch.set_num_threads(threads)
+    started = cpu_seconds()
+    trained = train_hand_loop(data, size, options, device)
+    measured = {"train_seconds": trained["train_seconds"], "train_cpu_seconds": cpu_seconds() - started}
+    trained["model"].save_pretrained(folder)
+    return measured
+
+
 def evaluate_pq(
     model: Any, data: Path, size: int, device: str, postprocessing: dict[str, float] | None = None,
     split: str = "test", overlaps: Sequence[float] = (), thresholds: Sequence[float] = THRESHOLDS,
@@ -295,14 +324,14 @@ def run_set(name: str, options: LearningOptions, out: Path, device: str = "cpu",
     result: dict[str, Any] = {"set": name, "description": SCENE_SETS[name].description, "image_size": size, "runs": {}}
     for run in runs:
         print(f"== set {name}: {run}", file=sys.stderr, flush=True)
-        started = cpu_seconds()
         if run == "eomt train":
+            started = cpu_seconds()
             tag = "_".join(f"{key}-{value}" for key, value in sorted(overrides.items())) or "defaults"
             run_dir = out / "runs" / f"set_{name}_{tag}_{time.strftime('%Y%m%d-%H%M%S')}"
             trained = train_eomt(data, run_dir, size, options, device, **overrides)
+            trained["train_cpu_seconds"] = cpu_seconds() - started
         else:
-            trained = train_hand_loop(data, size, options, device)
-        trained["train_cpu_seconds"] = cpu_seconds() - started
+            trained = train_hand_loop_alone(data, size, options, device, out / "runs" / f"set_{name}_hand_loop")
         model = trained.pop("model")
         result["runs"][run] = {**evaluate_pq(model, data, size, device, trained.pop("postprocessing", None)), **trained}
         if run == "hand loop":

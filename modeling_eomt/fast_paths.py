@@ -171,11 +171,38 @@ def attention_by_matmuls(query: Tensor, key: Tensor, value: Tensor, query_mask: 
 
 def compute_mask_logits(mask_embeddings: Tensor, pixel_features: Tensor, out: Tensor | None = None) -> Tensor:
     """`einsum("bqc,bchw->bqhw")` of `(B, Q, C)` embeddings and channels-last `(B, C, H, W)` features, flattened to
-    `(B, Q, H * W)`: one batched matmul that reads the features in place, into `out` if given."""
+    `(B, Q, H * W)`: one batched matmul that reads the features in place, into `out` if given. In training the
+    gradient of the features comes out channels-last too (`ChannelsLastMaskLogits`)."""
     pixel_rows = pixel_features.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H * W, C), a view
-    if out is None:
-        return torch.bmm(mask_embeddings, pixel_rows.transpose(1, 2))
-    return torch.bmm(mask_embeddings.to(out.dtype), pixel_rows.transpose(1, 2).to(out.dtype), out=out)
+    if out is not None:
+        return torch.bmm(mask_embeddings.to(out.dtype), pixel_rows.transpose(1, 2).to(out.dtype), out=out)
+    if torch.is_grad_enabled() and pixel_rows.requires_grad and not exporting():
+        return ChannelsLastMaskLogits.apply(mask_embeddings, pixel_rows)
+    return torch.bmm(mask_embeddings, pixel_rows.transpose(1, 2))
+
+
+class ChannelsLastMaskLogits(torch.autograd.Function):
+    """`bmm(embeddings (B, Q, C), pixel_rows (B, H * W, C)^T)` whose backward writes the pixel gradient `(B, H * W, C)`,
+    the channels-last layout of the features. Autograd's `bmm` backward would write it `(B, C, H * W)`: a
+    channels-first gradient that turns every later step of the upscale blocks' backward (LayerNorm, depthwise and
+    transposed convolutions, GELU) into a mixed-layout one, with a layout copy at the largest map (4% of a CPU
+    training step of a small model, docs/benchmarks/fast-paths.md)."""
+
+    @staticmethod
+    def forward(ctx, mask_embeddings: Tensor, pixel_rows: Tensor) -> Tensor:
+        ctx.save_for_backward(mask_embeddings, pixel_rows)
+        return torch.bmm(mask_embeddings, pixel_rows.transpose(1, 2))  # (B, Q, H * W)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        mask_embeddings, pixel_rows = ctx.saved_tensors
+        embeddings_grad = rows_grad = None
+        # Under autocast the forward ran in half precision: so does the backward, each gradient in its input's dtype.
+        if ctx.needs_input_grad[0]:
+            embeddings_grad = torch.bmm(grad, pixel_rows.to(grad.dtype)).to(mask_embeddings.dtype)  # (B, Q, C)
+        if ctx.needs_input_grad[1]:
+            rows_grad = torch.bmm(grad.transpose(1, 2), mask_embeddings.to(grad.dtype)).to(pixel_rows.dtype)  # (B, HW, C)
+        return embeddings_grad, rows_grad
 
 
 def band_rows(pixel_features: Tensor) -> int | None:

@@ -32,6 +32,7 @@ from modeling_eomt.checkpoints.io import write_text_atomically
 from modeling_eomt.checkpoints.loading import check_finite
 from modeling_eomt.loss_eomt import MaskClassificationLoss
 
+from .allocator import keep_freed_memory
 from .annealing import MaskAnnealingCallback
 from .commands.arguments import RunError, user_message
 from .curves import plot_training_curves
@@ -185,6 +186,8 @@ def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) ->
         max_nonfinite_steps=settings.max_nonfinite_steps,
     )
     check_process_group(trainer.args)  # never several processes training alone into one folder
+    if trainer.args.device.type == "cpu":
+        keep_freed_memory()  # large activations reused step after step instead of mapped afresh
     if trainer.is_world_process_zero():
         write_json(output_dir / "recipe.json", {"name": recipe.name, "values": recipe.values, "reasons": recipe.reasons})
         if not settings.resume:

@@ -133,6 +133,29 @@ def test_compute_mask_logits_is_the_query_pixel_product():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compute_mask_logits_gradients_are_the_products_and_channels_last(autocast):
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(2, 5, 8, generator=generator)
+    features = torch.randn(2, 8, 6, 7, generator=generator).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 5, 42, generator=generator)
+    gradients = {}
+    for name, function in (("fast", compute_mask_logits),
+                           ("plain", lambda e, f: torch.einsum("bqc,bchw->bqhw", e, f).flatten(2))):  # fmt: skip
+        leaves = (embeddings.clone().requires_grad_(True), features.clone().requires_grad_(True))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = function(*leaves)
+        assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
+        (logits.float() * upstream).sum().backward()
+        gradients[name] = [leaf.grad for leaf in leaves]
+    tolerance = 3e-2 if autocast else 1e-5
+    for fast, plain in zip(gradients["fast"], gradients["plain"]):
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast, plain, atol=tolerance, rtol=tolerance)
+    # the feature gradient keeps the features' channels-last layout (autograd's bmm would write it channels-first)
+    assert gradients["fast"][1].is_contiguous(memory_format=torch.channels_last)
+
+
 def upscale_block():
     """An EoMT upscale block with random weights, in eval mode."""
     model = perturb_(EoMTForUniversalSegmentation(tiny_config())).eval()
