@@ -7,7 +7,8 @@ rounding (tests/modeling/test_fast_paths.py checks every one against it).
 - Attention: `attention` picks the kernel (`prefers_matmul_attention` is the one place that decides), attends the
   masked query rows apart from the others (`sdpa_with_query_mask`), or uses two matmuls per group of heads
   (`attention_by_matmuls`) where SDPA has no fast half-precision kernel.
-- Mask logits: `compute_mask_logits` is the query-pixel product as one batched matmul over channels-last features;
+- Mask logits: `compute_mask_logits` is the query-pixel product as one batched matmul over channels-last features
+  (in training, `ChannelsLastMaskLogits` keeps their gradient channels-last too);
   `band_rows`, `upscale_bands`, `forward_in_bands` and `mask_logits_in_bands` upscale large maps band by band at
   inference on CPU; `mask_logits_on_grid` resizes mask logits to the patch grid for masked attention.
 
@@ -185,7 +186,7 @@ class ChannelsLastMaskLogits(torch.autograd.Function):
     """`bmm(embeddings (B, Q, C), pixel_rows (B, H * W, C)^T)` whose backward writes the pixel gradient `(B, H * W, C)`,
     the channels-last layout of the features. Autograd's `bmm` backward would write it `(B, C, H * W)`: a
     channels-first gradient that turns every later step of the upscale blocks' backward (LayerNorm, depthwise and
-    transposed convolutions, GELU) into a mixed-layout one, with a layout copy at the largest map (4% of a CPU
+    transposed convolutions, GELU) into a mixed-layout one, with a layout copy at the largest map (2-3% of a CPU
     training step of a small model, docs/benchmarks/fast-paths.md)."""
 
     @staticmethod

@@ -26,6 +26,11 @@ TRIM_THRESHOLD = 2**31 - 1  # in effect never: freed memory at the top of the he
 _applied = False
 
 
+def keeps_freed_memory() -> bool:
+    """Whether `keep_freed_memory` has set this process's allocator."""
+    return _applied
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's allocator for training (see the module docstring), once per process. Returns whether this process
     runs with the setting (False on other C libraries, where nothing is changed)."""

@@ -1,6 +1,7 @@
 """`eomt train` on generated data sets: outputs, resuming, and bad input reported as one line."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import TrainerCallback, pipeline
 from modeling_eomt import EoMTForUniversalSegmentation
 from tests.training.commands.helpers import FAST, TINY, assert_error, run_cli
 from tests.training.helpers import single_thread, tiny_segmentation_model  # noqa: F401 (fixture)
+from training import allocator
 from training.data import CLASS_NAMES, write_synthetic_coco_panoptic
 from training.run import train
 from training.settings import TrainSettings
@@ -26,6 +28,8 @@ def test_train_writes_a_loadable_model_metrics_history_and_curves(trained_run, p
     out, printed = trained_run
     assert "eval_pq:" in printed
     assert "training recipe: from scratch (random initialisation)" in printed
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert allocator.keeps_freed_memory() == glibc  # on the CPU: freed activations kept for the next step
     assert "class-score threshold | PQ | PQ things | PQ stuff\n                  0.3 | " in printed  # the sweep
 
     metrics = json.loads((out / "metrics.json").read_text())
