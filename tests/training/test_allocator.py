@@ -1,11 +1,12 @@
 """`training.allocator.keep_freed_memory`: large blocks freed by one training step are reused by the next."""
 
-import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from training.allocator import runs_on_glibc
 
 # Four 12 MiB blocks alive at once, then freed, five times: with glibc's defaults some go back to the OS after each
 # round (mapped blocks, and the freed top of the heap beyond its trim threshold), so every round faults pages in again.
@@ -32,7 +33,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(not runs_on_glibc(), reason="glibc only")
 def test_keep_freed_memory_stops_the_page_faults_of_reallocated_blocks():
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
     default, applied, again, kept = result.stdout.split()
