@@ -238,28 +238,30 @@ def train_hand_loop(data: Path, size: int, options: LearningOptions, device: str
 
 
 def train_hand_loop_alone(data: Path, size: int, options: LearningOptions, device: str, folder: Path) -> dict[str, Any]:
-    """`train_hand_loop` in a fresh (spawned) process with this process's thread count, so that it inherits nothing
-    of an `eomt train` run before it in this process (`training.allocator`'s settings, warm thread pools); the model
-    comes back through `save_pretrained(folder)`. Returns the model, the seconds and the CPU seconds of training."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+    """`train_hand_loop` in a fresh process (`benchmarks.measure.run_in_fresh_process`) with this process's thread
+    count, so that it inherits nothing of an `eomt train` run before it in this process (`training.allocator`'s
+    settings, warm thread pools); the model comes back through `save_pretrained(folder)`. Returns the model, the
+    seconds and the CPU seconds of training."""
     import torch
     from transformers import EomtForUniversalSegmentation
 
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        job = pool.submit(_hand_loop_process, data, size, options, device, torch.get_num_threads(), folder)
-        measured = job.result()
+    from benchmarks.measure import run_in_fresh_process
+
+    arguments = dict(data=str(Path(data).resolve()), size=size, options=dataclasses.asdict(options), device=device,
+                     threads=torch.get_num_threads(), folder=str(Path(folder).resolve()))  # fmt: skip
+    measured = run_in_fresh_process("benchmarks.learning:hand_loop_process", arguments)
     return {"model": EomtForUniversalSegmentation.from_pretrained(folder), **measured}
 
 
-def _hand_loop_process(data: Path, size: int, options: LearningOptions, device: str, threads: int, folder: Path):
+def hand_loop_process(data: str, size: int, options: dict[str, Any], device: str, threads: int, folder: str) -> dict:
+    """Run in a fresh process (`train_hand_loop_alone`): the hand loop, its model saved to `folder`; returns the
+    seconds and the CPU seconds of training."""
     import torch
 
     torch.set_num_threads(threads)
     started = cpu_seconds()
-    trained = train_hand_loop(data, size, options, device)
+    options = LearningOptions(**{**options, "sets": tuple(options["sets"])})
+    trained = train_hand_loop(Path(data), size, options, device)
     measured = {"train_seconds": trained["train_seconds"], "train_cpu_seconds": cpu_seconds() - started}
     trained["model"].save_pretrained(folder)
     return measured
