@@ -2,8 +2,8 @@
 rounding (tests/modeling/test_fast_paths.py checks every one against it).
 
 - Kernel choice per machine: `choose_cpu_kernels` decides, from the CPU's instruction-set extensions (`CpuFeatures`),
-  which attention kernel each precision uses and the chunk and band sizes; `CPU_KERNELS` holds its choice for this
-  machine, made once at import.
+  which attention kernel each precision uses, the int8 activation range and the chunk and band sizes; `CPU_KERNELS`
+  holds its choice for this machine, made once at import.
 - Attention: `attention` picks the kernel (`prefers_matmul_attention` is the one place that decides), attends the
   masked query rows apart from the others (`sdpa_with_query_mask`), or uses two matmuls per group of heads
   (`attention_by_matmuls`) where SDPA has no fast half-precision kernel.
@@ -45,6 +45,14 @@ class CpuFeatures:
 
     avx512_bf16: bool = False  # bfloat16 dot products in vector registers (AMD Zen 4 and later, Intel Cooper Lake)
     amx_bf16: bool = False  # bfloat16 tile matrix multiplies (Intel Sapphire Rapids and later)
+    avx512_vnni: bool = False  # int8 dot products summed in int32 (AMD Zen 4 and later, Intel Cascade Lake and later)
+    avx_vnni: bool = False  # the same in 256-bit registers (Intel Alder Lake and later)
+    amx_int8: bool = False  # int8 tile matrix multiplies (Intel Sapphire Rapids and later)
+
+    @property
+    def int8_dot_products(self) -> bool:
+        """Whether the CPU sums int8 products in int32 (VNNI or AMX) rather than in saturating int16 pairs."""
+        return self.avx512_vnni or self.avx_vnni or self.amx_int8
 
     @classmethod
     def from_flags(cls, flags: Iterable[str]) -> CpuFeatures:
@@ -61,7 +69,12 @@ def read_cpu_features() -> CpuFeatures:
                     return CpuFeatures.from_flags(line.partition(":")[2].split())
     except OSError:
         pass
-    checks = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    checks = {
+        "avx512_bf16": "_is_avx512_bf16_supported",
+        "amx_bf16": "_is_amx_tile_supported",
+        "avx512_vnni": "_is_vnni_supported",
+        "amx_int8": "_is_amx_tile_supported",
+    }
     return CpuFeatures(**{name: bool(getattr(torch.cpu, check, lambda: False)()) for name, check in checks.items()})
 
 
@@ -70,6 +83,7 @@ class CpuKernels:
     """Which kernel each CPU fast path uses on one kind of machine (`choose_cpu_kernels`)."""
 
     matmul_attention_dtypes: frozenset[torch.dtype] = frozenset()  # inference dtypes attended by `attention_by_matmuls`
+    int8_reduce_range: bool = False  # `quantization.Int8Linear` quantises its activations to 7 bits instead of 8
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES  # logits per chunk of heads in `attention_by_matmuls`
     upscale_band_bytes: int = UPSCALE_BAND_BYTES  # output bytes per band of `band_rows`
 
@@ -81,11 +95,17 @@ def choose_cpu_kernels(features: CpuFeatures) -> CpuKernels:
       no faster in bfloat16 than in float32, while the matmuls run at the bfloat16 dot-product rate. With AMX, SDPA's
       kernel multiplies on the tiles and beats the matmuls. Everywhere else (float16, CPUs without either extension)
       SDPA, the kernel transformers' model uses, so no choice here can be slower than it at the same precision.
+    - int8 activations in 7 bits where the CPU has neither VNNI nor AMX: there oneDNN multiplies uint8 activations by
+      int8 weights with `vpmaddubsw`, which adds each pair of products in int16 and saturates (2 x 255 x 127 > 32767),
+      so 8-bit activations gave a linear layer's output off by 36% of its scale (AMD EPYC Zen 3, AVX2 only). With 7
+      bits no pair can overflow (2 x 127 x 127 < 32767), and the output is that of exact integer arithmetic.
     - The chunk and band sizes keep each temporary within blocks that glibc's allocator reuses: a property of the
       allocator, not of the instruction set, and the same sizes are fastest on every machine kind measured.
     """
     matmul_dtypes = {torch.bfloat16} if features.avx512_bf16 and not features.amx_bf16 else set()
-    return CpuKernels(matmul_attention_dtypes=frozenset(matmul_dtypes))
+    return CpuKernels(
+        matmul_attention_dtypes=frozenset(matmul_dtypes), int8_reduce_range=not features.int8_dot_products
+    )
 
 
 # This machine's kernels, chosen at import: compiled and exported graphs read them as constants.

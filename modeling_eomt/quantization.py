@@ -1,6 +1,7 @@
 """int8 inference on CPU (`EoMTForUniversalSegmentation.enable_fast_inference("int8")`): the transformer blocks' linear
 layers multiply int8 weights by int8 activations in oneDNN, which runs them on AMX tiles or AVX-512 VNNI where the CPU
-has them; the rest of the model runs under bfloat16 autocast.
+has them (without either, the activations take 7 bits: `fast_paths.choose_cpu_kernels`); the rest of the model runs
+under bfloat16 autocast.
 
 Weights are quantised once, symmetrically per output channel; activations per tensor at run time (dynamic
 quantisation: no calibration data). Measurements: docs/benchmarks/fast-paths.md.
@@ -14,6 +15,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import fast_paths
 
 ENGINE = "onednn"
 
@@ -51,9 +54,9 @@ def pack_int8_weight(weight: Tensor, bias: Tensor | None) -> torch.ScriptObject:
 
 class Int8Linear(nn.Module):
     """A linear layer that computes with int8 weights and activations in eval mode (`pack_int8_weight`; activations
-    quantised per tensor on each call) and returns float32. Its float `weight` and `bias` stay registered, so the state
-    dict is that of the `nn.Linear` it replaces, and compute the output in training mode. The int8 weights are those of
-    the time of packing."""
+    quantised per tensor on each call, to 8 bits or to 7 where `fast_paths.CPU_KERNELS` says) and returns float32. Its
+    float `weight` and `bias` stay registered, so the state dict is that of the `nn.Linear` it replaces, and compute the
+    output in training mode. The int8 weights are those of the time of packing."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -68,7 +71,8 @@ class Int8Linear(nn.Module):
         # oneDNN quantises float32 inputs only (under autocast the attention output arrives in bfloat16) and returns
         # float32; under autocast the output takes autocast's dtype, as `nn.Linear`'s would, so that the attention
         # after the qkv projection runs in that dtype's kernel (`fast_paths.CPU_KERNELS`), not in float32.
-        output = torch.ops.quantized.linear_dynamic(hidden_states.float(), self.packed_weight, False)
+        reduce_range = fast_paths.CPU_KERNELS.int8_reduce_range
+        output = torch.ops.quantized.linear_dynamic(hidden_states.float(), self.packed_weight, reduce_range)
         if torch.is_autocast_enabled(output.device.type):
             return output.to(torch.get_autocast_dtype(output.device.type))
         return output

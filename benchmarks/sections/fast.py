@@ -61,9 +61,10 @@ def fast_section(context: BenchmarkContext) -> list[Result]:
         ),
     ]
     if "ours int8" in candidates:
+        bits = "7-bit activations: no VNNI" if fast_paths.CPU_KERNELS.int8_reduce_range else "8-bit activations"
         note = (
-            "enable_fast_inference('int8'): int8 linear layers (oneDNN), the rest under bf16 autocast; max difference "
-            f"to fp32 {differences['ours int8']:.1e}"
+            f"enable_fast_inference('int8'): int8 linear layers (oneDNN, {bits}), the rest under bf16 autocast; max "
+            f"difference to fp32 {differences['ours int8']:.1e}"
         )
         results.append(row("ours int8", "ours int8 vs transformers fp32", note))
         same = "int8 linear layers against transformers' bf16 autocast"
@@ -90,6 +91,7 @@ def attention_kernel(device: torch.device) -> str:
     if device.type != "cpu":
         return "SDPA"
     features = fast_paths.read_cpu_features()
-    flags = ", ".join(name for name, present in vars(features).items() if present) or "neither avx512_bf16 nor amx_bf16"
+    bf16_flags = ("avx512_bf16", "amx_bf16")
+    flags = ", ".join(name for name in bf16_flags if getattr(features, name)) or "neither avx512_bf16 nor amx_bf16"
     matmuls = torch.bfloat16 in fast_paths.CPU_KERNELS.matmul_attention_dtypes
     return f"{'matmuls' if matmuls else 'SDPA'} (CPU: {flags})"

@@ -4,12 +4,20 @@ import pytest
 import torch
 
 from modeling_eomt import EoMTForUniversalSegmentation, fast_paths
-from tests.modeling.helpers import needs_int8, perturb_, relative_difference, tiny_config, use_cpu_kernels
+from tests.modeling.helpers import (
+    int8_tolerance,
+    needs_int8,
+    perturb_,
+    relative_difference,
+    tiny_config,
+    use_cpu_kernels,
+)
 
 # bfloat16 keeps 8 bits of mantissa: the logits of the tiny models stay within 2% of their largest magnitude. int8 keeps 8
 # bits per weight and per activation (one scale per output channel, one per activation tensor) in the linear layers and
-# runs the rest, attention included, in bfloat16: within 7% (measured: masks 2%, classes 1.4% and 5.2%).
-TOLERANCES = {torch.bfloat16: 0.02, "int8": 0.07}
+# runs the rest, attention included, in bfloat16: within 7% (measured: masks 2%, classes 1.4% and 5.2%); twice that
+# where the CPU has no VNNI and the activations take 7 bits (measured on an AMD EPYC Zen 3: 2.4%, 1.8% and 7.0%).
+TOLERANCES = {torch.bfloat16: 0.02, "int8": int8_tolerance(0.07)}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param("int8", marks=needs_int8)])

@@ -58,27 +58,39 @@ def test_sdpa_with_query_mask_equals_sdpa_with_the_full_mask():
 # /proc/cpuinfo flags of the machine kinds measured in docs/benchmarks/fast-paths.md, and of older x86 CPUs.
 AMD_EPYC_ZEN4 = "fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni".split()
 INTEL_XEON_AMX = "fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni avx512_fp16 amx_bf16 amx_tile amx_int8".split()
-AVX2_ONLY = "fpu sse2 avx avx2 fma".split()
+AVX2_ONLY = "fpu sse2 avx avx2 fma".split()  # as AMD EPYC Zen 3
+AVX512_NO_VNNI = "fpu sse2 avx avx2 avx512f avx512bw".split()  # as Intel Skylake-SP
+AVX_VNNI = "fpu sse2 avx avx2 avx_vnni".split()  # as Intel Alder Lake
 
 
 def test_cpu_features_are_read_from_the_flags():
-    assert CpuFeatures.from_flags(AMD_EPYC_ZEN4) == CpuFeatures(avx512_bf16=True, amx_bf16=False)
-    assert CpuFeatures.from_flags(INTEL_XEON_AMX) == CpuFeatures(avx512_bf16=True, amx_bf16=True)
-    assert CpuFeatures.from_flags(AVX2_ONLY) == CpuFeatures()
+    assert CpuFeatures.from_flags(AMD_EPYC_ZEN4) == CpuFeatures(avx512_bf16=True, avx512_vnni=True)
+    assert CpuFeatures.from_flags(INTEL_XEON_AMX) == CpuFeatures(
+        avx512_bf16=True, amx_bf16=True, avx512_vnni=True, amx_int8=True
+    )
+    assert CpuFeatures.from_flags(AVX2_ONLY) == CpuFeatures() == CpuFeatures.from_flags(AVX512_NO_VNNI)
+    assert CpuFeatures.from_flags(AVX_VNNI) == CpuFeatures(avx_vnni=True)
+    assert [CpuFeatures.from_flags(flags).int8_dot_products for flags in (AMD_EPYC_ZEN4, INTEL_XEON_AMX, AVX_VNNI)] == [
+        True
+    ] * 3
+    assert not CpuFeatures().int8_dot_products
 
 
 @pytest.mark.parametrize(
-    "flags, matmul_dtypes",
+    "flags, matmul_dtypes, int8_reduce_range",
     [
-        (AMD_EPYC_ZEN4, {torch.bfloat16}),  # SDPA's kernel runs no faster in bfloat16 than in float32 there
-        (INTEL_XEON_AMX, set()),  # SDPA's kernel multiplies on the AMX tiles: faster than the matmuls
-        (AVX2_ONLY, set()),  # no fast bfloat16 matmuls either: SDPA, as transformers
+        (AMD_EPYC_ZEN4, {torch.bfloat16}, False),  # SDPA's kernel runs no faster in bfloat16 than in float32 there
+        (INTEL_XEON_AMX, set(), False),  # SDPA's kernel multiplies on the AMX tiles: faster than the matmuls
+        (AVX2_ONLY, set(), True),  # no fast bfloat16 matmuls either: SDPA, as transformers; int8 pairs sum in int16
+        (AVX512_NO_VNNI, set(), True),
+        (AVX_VNNI, set(), False),
     ],
-    ids=["avx512_bf16", "amx", "avx2"],
+    ids=["avx512_bf16", "amx", "avx2", "avx512-no-vnni", "avx-vnni"],
 )
-def test_kernels_are_chosen_from_the_cpu_features(flags, matmul_dtypes, monkeypatch):
+def test_kernels_are_chosen_from_the_cpu_features(flags, matmul_dtypes, int8_reduce_range, monkeypatch):
     kernels = choose_cpu_kernels(CpuFeatures.from_flags(flags))
     assert kernels.matmul_attention_dtypes == matmul_dtypes
+    assert kernels.int8_reduce_range == int8_reduce_range
     # the chunk and band sizes depend on the allocator, the same on every machine kind measured
     assert (kernels.attention_chunk_bytes, kernels.upscale_band_bytes) == (4 * 2**20, 8 * 2**20)
 
@@ -102,7 +114,8 @@ def test_cpu_features_fall_back_to_torch_without_proc_cpuinfo(monkeypatch):
     monkeypatch.setattr("builtins.open", no_cpuinfo)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert fast_paths.read_cpu_features() == CpuFeatures(avx512_bf16=True, amx_bf16=False)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    assert fast_paths.read_cpu_features() == CpuFeatures(avx512_bf16=True, avx512_vnni=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
