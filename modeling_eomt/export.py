@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .modeling_eomt import EoMTForUniversalSegmentation, EoMTForUniversalSegmentationOutput
+from .quantization import Int8Linear
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -51,11 +52,12 @@ def check_exportable(model: EoMTForUniversalSegmentation) -> None:
             f"the model's masked attention is on (attn_mask_probs = {list(probs)}): only the mask-free model exports. "
             "Call model.set_attn_mask_probs(0) first (a model trained with mask annealing ends at 0)"
         )
-    if model.inference_dtype is not None or model.compiled_inference is not None:
+    int8 = any(isinstance(module, Int8Linear) for module in model.modules())
+    if model.inference_dtype is not None or model.compiled_inference is not None or int8:
         raise ValueError(
             f"export traces the float32 model; this one has enable_fast_inference options on (dtype "
-            f"{model.inference_dtype}, compiled: {model.compiled_inference is not None}): call "
-            "model.enable_fast_inference(None) first"
+            f"{model.inference_dtype}, int8 linear layers: {int8}, compiled: {model.compiled_inference is not None}): "
+            "call model.enable_fast_inference(None) first"
         )
 
 

@@ -2,8 +2,9 @@
 rounding (tests/modeling/test_fast_paths.py checks every one against it).
 
 - Kernel choice per machine: `choose_cpu_kernels` decides, from the CPU's instruction-set extensions (`CpuFeatures`),
-  which attention kernel each precision uses, the int8 activation range and the chunk and band sizes; `CPU_KERNELS`
-  holds its choice for this machine, made once at import.
+  whether bfloat16 is fast, which attention kernel each precision uses, the int8 activation range and the chunk and
+  band sizes; `CPU_KERNELS` holds its choice for this machine, made once at import; `fast_autocast_dtype` names the
+  fastest autocast dtype of a device.
 - Attention: `attention` picks the kernel (`prefers_matmul_attention` is the one place that decides), attends the
   masked query rows apart from the others (`sdpa_with_query_mask`), or uses two matmuls per group of heads
   (`attention_by_matmuls`) where SDPA has no fast half-precision kernel.
@@ -83,6 +84,7 @@ class CpuKernels:
     """Which kernel each CPU fast path uses on one kind of machine (`choose_cpu_kernels`)."""
 
     matmul_attention_dtypes: frozenset[torch.dtype] = frozenset()  # inference dtypes attended by `attention_by_matmuls`
+    fast_bfloat16: bool = True  # bfloat16 matmuls run faster than float32 (`fast_autocast_dtype`)
     int8_reduce_range: bool = False  # `quantization.Int8Linear` quantises its activations to 7 bits instead of 8
     attention_chunk_bytes: int = ATTENTION_CHUNK_BYTES  # logits per chunk of heads in `attention_by_matmuls`
     upscale_band_bytes: int = UPSCALE_BAND_BYTES  # output bytes per band of `band_rows`
@@ -95,6 +97,9 @@ def choose_cpu_kernels(features: CpuFeatures) -> CpuKernels:
       no faster in bfloat16 than in float32, while the matmuls run at the bfloat16 dot-product rate. With AMX, SDPA's
       kernel multiplies on the tiles and beats the matmuls. Everywhere else (float16, CPUs without either extension)
       SDPA, the kernel transformers' model uses, so no choice here can be slower than it at the same precision.
+    - bfloat16 is fast only with AVX-512 BF16 or AMX. Without either, oneDNN converts bfloat16 to float32 for every
+      product: ViT-S/16 at 640 px under bfloat16 autocast took 11x its float32 time (AMD EPYC Zen 3, AVX2 only), so
+      there `enable_fast_inference` stays in float32 unless bfloat16 is asked for by name.
     - int8 activations in 7 bits where the CPU has neither VNNI nor AMX: there oneDNN multiplies uint8 activations by
       int8 weights with `vpmaddubsw`, which adds each pair of products in int16 and saturates (2 x 255 x 127 > 32767),
       so 8-bit activations gave a linear layer's output off by 36% of its scale (AMD EPYC Zen 3, AVX2 only). With 7
@@ -104,12 +109,24 @@ def choose_cpu_kernels(features: CpuFeatures) -> CpuKernels:
     """
     matmul_dtypes = {torch.bfloat16} if features.avx512_bf16 and not features.amx_bf16 else set()
     return CpuKernels(
-        matmul_attention_dtypes=frozenset(matmul_dtypes), int8_reduce_range=not features.int8_dot_products
+        matmul_attention_dtypes=frozenset(matmul_dtypes),
+        fast_bfloat16=features.avx512_bf16 or features.amx_bf16,
+        int8_reduce_range=not features.int8_dot_products,
     )
 
 
 # This machine's kernels, chosen at import: compiled and exported graphs read them as constants.
 CPU_KERNELS = choose_cpu_kernels(read_cpu_features())
+
+
+def fast_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that runs faster than float32 on `device`: bfloat16 on CUDA devices that compute in it (else
+    float16) and on CPUs with `CPU_KERNELS.fast_bfloat16`; None (float32) on other CPUs and devices."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if device.type == "cpu" and CPU_KERNELS.fast_bfloat16:
+        return torch.bfloat16
+    return None
 
 
 def exporting() -> bool:

@@ -642,7 +642,7 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
 
     def enable_fast_inference(
         self,
-        dtype: torch.dtype | str | None = torch.bfloat16,
+        dtype: torch.dtype | str | None = "auto",
         compile: bool | str | Callable = False,
         static_shape: Sequence[int] | None = None,
     ) -> "EoMTForUniversalSegmentation":
@@ -650,11 +650,13 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
 
         Args:
             dtype: run inference under `torch.autocast(dtype)`. bfloat16 runs the matmuls faster than float32 on CPUs
-                with AVX-512 BF16 or AMX and on recent GPUs; the logits are returned in float32 and differ from
-                float32 inference by about 1% of their scale (float16: about 0.2%). `"int8"` (or `torch.qint8`, CPU
-                only): the transformer blocks' linear layers in int8 (`quantization.Int8Linear`), the rest under
-                bfloat16 autocast; weights changed afterwards are not seen until `enable_fast_inference` is called
-                again. None: plain float32.
+                with AVX-512 BF16 or AMX and on recent GPUs (on other CPUs several times slower: a warning says so);
+                the logits are returned in float32 and differ from float32 inference by about 1% of their scale
+                (float16: about 0.2%). "auto": the device's fastest (`fast_paths.fast_autocast_dtype`: bfloat16 where
+                it is fast, float16 on GPUs without bfloat16, float32 on other CPUs). `"int8"` (or `torch.qint8`, CPU
+                only): the transformer blocks' linear layers in int8 (`quantization.Int8Linear`), the rest as "auto";
+                weights changed afterwards are not seen until `enable_fast_inference` is called again. None: plain
+                float32.
             compile: `torch.compile` the inference forward with the weights frozen into the graph (inductor's
                 `freezing`): each new input size compiles once, and weights changed afterwards are not seen until
                 `enable_fast_inference` is called again. True for inductor, or another `torch.compile` backend (name
@@ -666,7 +668,8 @@ class EoMTForUniversalSegmentation(EoMTPreTrainedModel):
                 `dtype` and `compile` set up.
         Training mode is unaffected; `enable_fast_inference(None)` switches everything off.
         """
-        autocast_dtype = static_inference.inference_autocast_dtype(dtype, static_shape)
+        device = next(self.parameters()).device
+        autocast_dtype = static_inference.inference_autocast_dtype(dtype, static_shape, device)
         set_int8_linear_layers(self.eomt.layers, dtype in static_inference.INT8)
         compiled = static_inference.compile_forward(self._forward, compile)
         self.static_inference = None

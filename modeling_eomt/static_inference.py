@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fast_paths
+
 # Calls before the capture: compilation, autotuning, cuBLAS / cuDNN handles and lazily loaded kernels all happen in
 # these, never inside the capture.
 WARMUP_CALLS = 3
@@ -49,18 +51,31 @@ _CAST_MODULES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
 INT8 = ("int8", torch.qint8)  # the `dtype`s of int8 inference (`quantization`)
+AUTO = "auto"  # the `dtype` of the device's fastest autocast (`fast_paths.fast_autocast_dtype`)
 
 
-def inference_autocast_dtype(dtype: torch.dtype | str | None, static_shape: Sequence[int] | None) -> torch.dtype | None:
-    """The autocast dtype of `enable_fast_inference(dtype, static_shape=...)`: `dtype` (bfloat16, float16, or None for
-    float32), bfloat16 for int8 (the layers that stay in floating point); a `ValueError` for any other `dtype`, or for
-    int8 with a `static_shape`."""
+def inference_autocast_dtype(
+    dtype: torch.dtype | str | None, static_shape: Sequence[int] | None, device: torch.device
+) -> torch.dtype | None:
+    """The autocast dtype of `enable_fast_inference(dtype, static_shape=...)` for a model on `device`: `dtype`
+    (bfloat16, float16, or None for float32); for "auto", and for int8 (the layers that stay in floating point), the
+    device's fastest (`fast_paths.fast_autocast_dtype`: None on CPUs without fast bfloat16). A `ValueError` for any
+    other `dtype`, or for int8 with a `static_shape`; a warning for bfloat16 on a CPU without fast bfloat16."""
     int8 = dtype in INT8
-    if not int8 and dtype not in (None, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be torch.bfloat16, torch.float16, 'int8' or None, got {dtype}")
+    if not int8 and dtype not in (AUTO, None, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be 'auto', torch.bfloat16, torch.float16, 'int8' or None, got {dtype}")
     if int8 and static_shape is not None:
         raise ValueError("static_shape is a CUDA path for float16 / bfloat16 / float32; int8 is CPU only")
-    return torch.bfloat16 if int8 else dtype
+    if int8 or dtype == AUTO:
+        return fast_paths.fast_autocast_dtype(device)
+    if dtype == torch.bfloat16 and device.type == "cpu" and not fast_paths.CPU_KERNELS.fast_bfloat16:
+        warnings.warn(
+            "bfloat16 inference on a CPU without avx512_bf16 or amx_bf16: its matmuls are emulated, several times "
+            "slower than float32 (ViT-S/16, 640 px: 11x on an AMD EPYC Zen 3). enable_fast_inference('auto') keeps "
+            "float32 on such CPUs",
+            stacklevel=3,
+        )
+    return dtype
 
 
 def check_static_shape(static_shape: Sequence[int], patch_size: int) -> tuple[int, int, int]:

@@ -62,9 +62,10 @@ def fast_section(context: BenchmarkContext) -> list[Result]:
     ]
     if "ours int8" in candidates:
         bits = "7-bit activations: no VNNI" if fast_paths.CPU_KERNELS.int8_reduce_range else "8-bit activations"
+        rest = "bf16 autocast" if fast_paths.fast_autocast_dtype(context.device) else "fp32 (no fast bf16)"
         note = (
-            f"enable_fast_inference('int8'): int8 linear layers (oneDNN, {bits}), the rest under bf16 autocast; max "
-            f"difference to fp32 {differences['ours int8']:.1e}"
+            f"enable_fast_inference('int8'): int8 linear layers (oneDNN, {bits}), the rest in {rest}; max difference "
+            f"to fp32 {differences['ours int8']:.1e}"
         )
         results.append(row("ours int8", "ours int8 vs transformers fp32", note))
         same = "int8 linear layers against transformers' bf16 autocast"

@@ -75,6 +75,34 @@ def test_callers_autocast_applies_without_fast_inference():
         assert model(torch.randn(1, 3, 64, 64)).masks_queries_logits.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("fast_bfloat16", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+def test_auto_takes_bfloat16_only_where_the_cpu_computes_in_it(monkeypatch, recwarn, fast_bfloat16):
+    # Without AVX-512 BF16 or AMX, bfloat16 autocast took 11x the float32 time (AMD EPYC Zen 3): "auto" keeps float32
+    use_cpu_kernels(monkeypatch, fast_bfloat16=fast_bfloat16)
+    expected = torch.bfloat16 if fast_bfloat16 else None
+    assert fast_paths.fast_autocast_dtype(torch.device("cpu")) == expected
+    model = perturb_(EoMTForUniversalSegmentation(tiny_config())).enable_fast_inference()
+    assert model.inference_dtype == expected
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).masks_queries_logits.dtype == torch.float32
+    assert not [warning for warning in recwarn if "bfloat16" in str(warning.message)]
+
+
+def test_bfloat16_asked_for_on_a_cpu_without_it_warns_and_runs(monkeypatch):
+    use_cpu_kernels(monkeypatch, fast_bfloat16=False)
+    model = EoMTForUniversalSegmentation(tiny_config())
+    with pytest.warns(UserWarning, match="CPU without avx512_bf16 or amx_bf16: its matmuls are emulated"):
+        model.enable_fast_inference(torch.bfloat16)
+    assert model.inference_dtype == torch.bfloat16  # what was asked for
+
+
+def test_fast_autocast_dtype_on_cuda_and_other_devices(monkeypatch):
+    for supported, expected in [(True, torch.bfloat16), (False, torch.float16)]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert fast_paths.fast_autocast_dtype(torch.device("cuda", 0)) == expected
+    assert fast_paths.fast_autocast_dtype(torch.device("meta")) is None
+
+
 def test_fast_inference_rejects_other_dtypes():
     model = EoMTForUniversalSegmentation(tiny_config())
     with pytest.raises(ValueError, match="torch.float64"):

@@ -90,6 +90,7 @@ def test_cpu_features_are_read_from_the_flags():
 def test_kernels_are_chosen_from_the_cpu_features(flags, matmul_dtypes, int8_reduce_range, monkeypatch):
     kernels = choose_cpu_kernels(CpuFeatures.from_flags(flags))
     assert kernels.matmul_attention_dtypes == matmul_dtypes
+    assert kernels.fast_bfloat16 == (flags in (AMD_EPYC_ZEN4, INTEL_XEON_AMX))
     assert kernels.int8_reduce_range == int8_reduce_range
     # the chunk and band sizes depend on the allocator, the same on every machine kind measured
     assert (kernels.attention_chunk_bytes, kernels.upscale_band_bytes) == (4 * 2**20, 8 * 2**20)

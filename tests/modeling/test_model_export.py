@@ -16,7 +16,7 @@ from modeling_eomt.export import (
     onnxruntime_session,
     run_onnx,
 )
-from tests.modeling.helpers import perturb_, tiny_config
+from tests.modeling.helpers import needs_int8, perturb_, tiny_config, use_cpu_kernels
 
 TOLERANCE = 1e-3  # of the logits, absolute: the exported graphs compute the same float32 operations
 # (batch, height, width): the example size (64 = config.image_size), smaller, non-square, a batch of 3
@@ -48,13 +48,26 @@ def test_export_refuses_masked_attention_and_fast_inference():
     with pytest.raises(ValueError, match=message):
         export_program(model)
     model.set_attn_mask_probs(0.0)
-    model.enable_fast_inference(torch.bfloat16)
-    with pytest.raises(ValueError, match=r"enable_fast_inference options on \(dtype torch.bfloat16, compiled: False\)"):
+    model.enable_fast_inference(torch.float16)
+    options = r"enable_fast_inference options on \(dtype torch.float16, int8 linear layers: False, compiled: False\)"
+    with pytest.raises(ValueError, match=options):
         check_exportable(model)
     with pytest.raises(ValueError, match="format must be one of torch, onnx, got 'tflite'"):
         export_model(model.enable_fast_inference(None), "model.tflite", format="tflite")
     with pytest.raises(ValueError, match="image_size must be positive multiples of patch_size=16, got 40x64"):
         export_program(model, image_size=(40, 64))
+
+
+@needs_int8
+def test_export_refuses_int8_layers_without_autocast(monkeypatch):
+    # On a CPU without fast bfloat16, int8 inference runs its other layers in float32: no autocast dtype to see
+    use_cpu_kernels(monkeypatch, fast_bfloat16=False)
+    model = EoMTForUniversalSegmentation(tiny_config()).enable_fast_inference("int8")
+    model.set_attn_mask_probs(0.0)
+    assert model.inference_dtype is None
+    with pytest.raises(ValueError, match=r"\(dtype None, int8 linear layers: True, compiled: False\)"):
+        check_exportable(model)
+    check_exportable(model.enable_fast_inference(None))
 
 
 @pytest.mark.parametrize("variant", ["dinov2-registers-swiglu", "dinov3"])

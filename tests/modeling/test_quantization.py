@@ -9,7 +9,14 @@ from torch import nn
 
 from modeling_eomt import EoMTForUniversalSegmentation, fast_paths, quantization
 from modeling_eomt.quantization import Int8Linear, check_int8_support
-from tests.modeling.helpers import int8_tolerance, needs_int8, perturb_, relative_difference, tiny_config
+from tests.modeling.helpers import (
+    int8_tolerance,
+    needs_int8,
+    perturb_,
+    relative_difference,
+    tiny_config,
+    use_cpu_kernels,
+)
 
 pytestmark = needs_int8
 INT8_RELATIVE_TOLERANCE = int8_tolerance(0.05)  # of the logits' largest magnitude (test_fast_inference.py)
@@ -73,14 +80,19 @@ def test_int8_replaces_the_block_linear_layers_that_compute_through_their_module
     attention = model.eomt.layers[0].attention
     # DINOv3's qkv projection adds separate query and value biases to its float weight with F.linear
     assert isinstance(attention.qkv, Int8Linear) == (attention.q_bias is None)
-    assert not isinstance(model.class_predictor, Int8Linear)  # the heads stay under bfloat16 autocast
-    assert model.inference_dtype == torch.bfloat16
+    assert not isinstance(model.class_predictor, Int8Linear)  # the heads stay in floating point
+    assert model.inference_dtype == fast_paths.fast_autocast_dtype(torch.device("cpu"))
 
 
-def test_int8_attention_runs_in_bfloat16(monkeypatch):
+@pytest.mark.parametrize("fast_bfloat16", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+def test_int8_attention_runs_in_the_cpus_fast_dtype(monkeypatch, fast_bfloat16):
     # The qkv projection's output feeds the attention kernel: in float32 it would take float32's kernel (on the AMD
-    # EPYC that made int8 inference 1.5x slower than bfloat16).
+    # EPYC with AVX-512 BF16 that made int8 inference 1.5x slower than bfloat16). Where bfloat16 is emulated (AVX2
+    # only: 11x slower than float32) the layers outside int8 run in float32, the attention included.
+    use_cpu_kernels(monkeypatch, fast_bfloat16=fast_bfloat16)
+    dtype = torch.bfloat16 if fast_bfloat16 else torch.float32
     model = EoMTForUniversalSegmentation(tiny_config()).enable_fast_inference("int8")
+    assert model.inference_dtype == (torch.bfloat16 if fast_bfloat16 else None)
     model.set_attn_mask_probs(0.0)
     seen, attention = [], fast_paths.attention
 
@@ -91,7 +103,7 @@ def test_int8_attention_runs_in_bfloat16(monkeypatch):
     monkeypatch.setattr(fast_paths, "attention", recording_attention)
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
-    assert seen == [torch.bfloat16] * model.config.num_hidden_layers
+    assert seen == [dtype] * model.config.num_hidden_layers
 
 
 def test_int8_keeps_the_state_dict_and_switches_off(tmp_path):

@@ -70,8 +70,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-        help="float32 (default), or autocast to bfloat16 (about 1.6x faster on CPUs with AVX-512 BF16) or float16 "
-        "(GPUs; slow on CPU)",
+        help="float32 (default), or autocast to bfloat16 (about 1.6x faster on CPUs with AVX-512 BF16 or AMX, many "
+        "times slower on CPUs without) or float16 (GPUs; slow on CPU)",
     )  # fmt: skip
     predict.add_argument("--threshold", type=float, help="panoptic, instance: min. class score (default: the model's, "
                          "0.8 unless eomt train chose another)")  # fmt: skip
