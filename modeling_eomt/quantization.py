@@ -1,7 +1,7 @@
 """int8 inference on CPU (`EoMTForUniversalSegmentation.enable_fast_inference("int8")`): the transformer blocks' linear
-layers multiply int8 weights by int8 activations in oneDNN, which runs them on AMX tiles or AVX-512 VNNI where the CPU
-has them (without either, the activations take 7 bits: `fast_paths.choose_cpu_kernels`); the rest of the model runs
-under bfloat16 autocast.
+layers multiply int8 weights by int8 activations in oneDNN, which runs them on AMX tiles or VNNI where the CPU has
+them (without either, the activations take 7 bits: `fast_paths.choose_cpu_kernels`); the rest of the model runs under
+bfloat16 autocast where the CPU computes in bfloat16, else in float32 (`fast_paths.fast_autocast_dtype`).
 
 Weights are quantised once, symmetrically per output channel; activations per tensor at run time (dynamic
 quantisation: no calibration data). Measurements: docs/benchmarks/fast-paths.md.

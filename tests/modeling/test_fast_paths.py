@@ -70,9 +70,7 @@ def test_cpu_features_are_read_from_the_flags():
     )
     assert CpuFeatures.from_flags(AVX2_ONLY) == CpuFeatures() == CpuFeatures.from_flags(AVX512_NO_VNNI)
     assert CpuFeatures.from_flags(AVX_VNNI) == CpuFeatures(avx_vnni=True)
-    assert [CpuFeatures.from_flags(flags).int8_dot_products for flags in (AMD_EPYC_ZEN4, INTEL_XEON_AMX, AVX_VNNI)] == [
-        True
-    ] * 3
+    assert all(CpuFeatures.from_flags(flags).int8_dot_products for flags in (AMD_EPYC_ZEN4, INTEL_XEON_AMX, AVX_VNNI))
     assert not CpuFeatures().int8_dot_products
 
 

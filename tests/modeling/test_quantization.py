@@ -1,8 +1,6 @@
 """int8 inference (`enable_fast_inference("int8")`, `modeling_eomt.quantization`): close to float32, the same state
 dict, reversible, training untouched."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 from torch import nn
@@ -41,7 +39,7 @@ def test_int8_linear_computes_exact_integer_products_at_the_chosen_activation_ra
     # activations a layer's output was off by 36% of its scale (AMD EPYC Zen 3). The range chosen for this CPU must
     # give exact integer products (to float rounding), and 7 bits must on every CPU.
     if reduce_range is not None:
-        monkeypatch.setattr(fast_paths, "CPU_KERNELS", replace(fast_paths.CPU_KERNELS, int8_reduce_range=reduce_range))
+        use_cpu_kernels(monkeypatch, int8_reduce_range=reduce_range)
     levels = 127 if fast_paths.CPU_KERNELS.int8_reduce_range else 255
     torch.manual_seed(0)
     linear = nn.Linear(64, 96)
