@@ -129,6 +129,12 @@ def fast_autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def bfloat16_is_emulated(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls on `device` run emulated, several times slower than float32: on CPUs without
+    `CPU_KERNELS.fast_bfloat16`."""
+    return device.type == "cpu" and not CPU_KERNELS.fast_bfloat16
+
+
 def exporting() -> bool:
     """Whether torch.export is tracing the caller (torch >= 2.6 tells; older versions never export the model)."""
     return getattr(torch.compiler, "is_exporting", lambda: False)()

@@ -68,7 +68,7 @@ def inference_autocast_dtype(
         raise ValueError("static_shape is a CUDA path for float16 / bfloat16 / float32; int8 is CPU only")
     if int8 or dtype == AUTO:
         return fast_paths.fast_autocast_dtype(device)
-    if dtype == torch.bfloat16 and device.type == "cpu" and not fast_paths.CPU_KERNELS.fast_bfloat16:
+    if dtype == torch.bfloat16 and fast_paths.bfloat16_is_emulated(device):
         warnings.warn(
             "bfloat16 inference on a CPU without avx512_bf16 or amx_bf16: its matmuls are emulated, several times "
             "slower than float32 (ViT-S/16, 640 px: 11x on an AMD EPYC Zen 3). enable_fast_inference('auto') keeps "

@@ -167,7 +167,7 @@ class EoMTTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        if args.bf16 and args.device.type == "cpu" and not fast_paths.CPU_KERNELS.fast_bfloat16:
+        if args.bf16 and fast_paths.bfloat16_is_emulated(args.device):
             logger.warning(
                 "bf16 mixed precision on a CPU without avx512_bf16 or amx_bf16: its matmuls are emulated, about 10x "
                 "slower than float32 (a training step of the demo model took 3.3 s against 0.34 s on an AMD EPYC Zen "
